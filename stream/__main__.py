@@ -1,0 +1,5 @@
+"""``python -m stream`` runs the ``fraudstream`` command line."""
+
+from stream.cli import main
+
+main()

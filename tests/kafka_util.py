@@ -1,0 +1,42 @@
+"""Helpers for integration tests: read a topic back the way a downstream reader would."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from confluent_kafka import Consumer, Message, TopicPartition
+
+from stream.settings import Settings
+
+
+def read_topic(settings: Settings, topic: str, expected: int | None = None,
+               timeout: float = 60.0, idle: float = 3.0) -> list[Message]:
+    """Every committed record of ``topic`` (read_committed, from the beginning).
+
+    Returns once ``expected`` records were read (then waits ``idle`` more seconds to catch any
+    extra, so tests can assert "exactly"), or when ``timeout`` passes.
+    """
+    consumer = Consumer(settings.consumer_config(f"reader-{uuid.uuid4().hex[:8]}"))
+    try:
+        md = consumer.list_topics(topic, timeout=10)
+        parts = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
+        consumer.assign(parts)
+        out: list[Message] = []
+        deadline = time.monotonic() + timeout
+        extra_until = None
+        while time.monotonic() < deadline:
+            if expected is not None and len(out) >= expected and extra_until is None:
+                extra_until = time.monotonic() + idle
+            if extra_until is not None and time.monotonic() >= extra_until:
+                break
+            for msg in consumer.consume(1000, 0.2):
+                if msg.error() is None:
+                    out.append(msg)
+        return out
+    finally:
+        consumer.close()
+
+
+def headers_of(msg: Message) -> dict[str, bytes]:
+    return {k: v for k, v in (msg.headers() or [])}
