@@ -206,9 +206,10 @@ def publish(ctx: click.Context, file: str, labels: bool, rejects: str | None, qu
     decode = decode_label if labels else decode_event
     rejected = 0
     started = time.monotonic()
+    source = _open_input(file)
     reject_out = open(rejects, "wb") if rejects else None
     try:
-        with EventPublisher(s) as pub, _open_input(file) as stream:
+        with source as stream, EventPublisher(s) as pub:
             send = pub.publish_label if labels else pub.publish
             for number, line in _lines(stream):
                 try:

@@ -1,8 +1,10 @@
 """Publishing events and labels: the producer SDK behind ``fraudstream publish``.
 
->>> from stream.publisher import EventPublisher           # doctest: +SKIP
->>> with EventPublisher(Settings.load()) as pub:          # doctest: +SKIP
-...     pub.publish({"event_id": "e1", "event_type": "transaction", ...})
+Typical use (see README.md for a complete event)::
+
+    with EventPublisher(Settings.load()) as pub:
+        for event in events:
+            pub.publish(event)
 
 Every event is validated against the contract before it is sent (an invalid one raises
 :class:`~stream.exceptions.DecodeError` and nothing is sent), keyed by ``user_id`` (labels by
@@ -69,29 +71,29 @@ class EventPublisher:
         if len(payload) > self.max_bytes:
             raise DecodeError(f"event is {len(payload)} bytes encoded, over the {self.max_bytes}-"
                               "byte limit", code="too_large")
-        self._produce(self.events_topic, event.user_id.encode(), payload, event.event_time)
+        self._produce(self.events_topic, event.user_id.encode(), payload)
         return event
 
     def publish_label(self, label: Label | Mapping[str, Any]) -> Label:
         """Validate and send one label, keyed by merchant (the scoring stage's key)."""
         if not isinstance(label, Label):
             label = label_from_dict(label)
-        self._produce(self.labels_topic, label.merchant_id.encode(), label.encode(),
-                      label.label_time)
+        self._produce(self.labels_topic, label.merchant_id.encode(), label.encode())
         return label
 
     def publish_raw(self, topic: str, value: bytes | None, key: bytes | None = None,
                     headers: list[tuple[str, bytes]] | None = None) -> None:
         """Send bytes unvalidated (for tools that forward records as they are)."""
-        self._produce(topic, key, value, None, headers)
+        self._produce(topic, key, value, headers)
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
-                 timestamp_ms: int | None, headers: list[tuple[str, bytes]] | None = None) -> None:
+                 headers: list[tuple[str, bytes]] | None = None) -> None:
+        # The record timestamp stays the publish time (CreateTime): event time lives in the
+        # payload. Stamping historical event times on records would let retention delete a
+        # replayed log as soon as it lands, and would hide end-to-end latency.
         if self._closed:
             raise KafkaError("publisher is closed")
         kwargs: dict[str, Any] = {"on_delivery": self._delivered}
-        if timestamp_ms is not None:
-            kwargs["timestamp"] = timestamp_ms
         if headers:
             kwargs["headers"] = headers
         while True:

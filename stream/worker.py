@@ -176,8 +176,7 @@ class Worker:
             self._dead_letter(msg, exc)
             return
         score = self._score(event, msg.partition())
-        self._produce(self.settings.topic_scores, event.user_id.encode(), score.encode(),
-                      event.event_time)
+        self._produce(self.settings.topic_scores, event.user_id.encode(), score.encode())
         self.stats.scored += 1
 
     def _score(self, event: Event, partition: int) -> Score:
@@ -209,14 +208,13 @@ class Worker:
         self.stats.dead_letter_reasons[error.code] = \
             self.stats.dead_letter_reasons.get(error.code, 0) + 1
         log.info("dead letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
-        self._produce(self.settings.topic_dead_letter, msg.key(), msg.value(), None,
+        self._produce(self.settings.topic_dead_letter, msg.key(), msg.value(),
                       dead_letter_headers(msg, error))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
-                 timestamp_ms: int | None, headers: list | None = None) -> None:
+                 headers: list | None = None) -> None:
+        # Record timestamps stay the produce time; event time is in the payload (see publisher).
         kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
-        if timestamp_ms is not None:
-            kwargs["timestamp"] = timestamp_ms
         if headers:
             kwargs["headers"] = headers
         while True:

@@ -1,0 +1,43 @@
+# The two set-up commands of the README: `make demo` and `make test`. Each creates the virtualenv,
+# installs fraudstream, fetches Apache Kafka through Maven if it is not cached, and runs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-dev
+
+.PHONY: install demo test test-unit test-integration kafka-up kafka-down bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The main job: local broker, generated traffic, worker, scores arriving, summary; stops it all.
+demo: $(STAMP)
+	$(BIN)/fraudstream demo
+
+## The whole test suite; integration tests start their own broker (or use $$KAFKA_BOOTSTRAP).
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit features online_models stream
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration
+
+kafka-up: $(STAMP)
+	$(BIN)/fraudstream kafka up
+
+kafka-down: $(STAMP)
+	$(BIN)/fraudstream kafka down
+
+bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[dev,bench]"
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis
