@@ -1,0 +1,90 @@
+"""The state-store protocol the feature engine talks to, and the codec for what it stores.
+
+The engine keeps one state object per entity (plain lists, dicts and sets, see
+:mod:`features.rings`) under a ``bytes`` key. It asks the store for the object, updates it in
+place and hands it back with :meth:`StateStore.put`; the store decides when to serialise it with
+:func:`encode` (``stream.state`` does so in batches behind a write-back cache, in front of RocksDB
+or memory). Everything stored starts with its event time so a store can expire idle entries
+without decoding them (:func:`entry_time`).
+
+:class:`DictStore` is the protocol over a plain dict (no serialisation, no expiry) for doctests
+and pure callers that keep state in memory for one run.
+
+>>> blob = encode([1_767_225_600_000, [None], []])
+>>> entry_time(blob), decode(blob)
+(1767225600000, [1767225600000, [None], []])
+"""
+
+from __future__ import annotations
+
+import marshal
+import struct
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+from features.exceptions import FeatureError
+
+__all__ = ["StateStore", "DictStore", "encode", "decode", "entry_time", "FORMAT_VERSION"]
+
+#: First byte of every encoded value; bump when the state layout changes incompatibly.
+FORMAT_VERSION = 1
+_HEADER = struct.Struct(">Bq")
+# marshal format 4 has been stable since Python 3.4; state is local and never crosses trust lines.
+_MARSHAL_VERSION = 4
+
+
+@runtime_checkable
+class StateStore(Protocol):
+    """What the engine needs from a state store (one per Kafka partition)."""
+
+    def get(self, key: bytes) -> Any | None:
+        """The object stored under ``key``, or ``None``. The caller may modify it in place."""
+
+    def put(self, key: bytes, value: Any, *, cache: bool = True) -> None:
+        """Store ``value`` (possibly the object :meth:`get` returned, modified).
+
+        ``cache=False`` hints that the value will rarely be read again (label index entries):
+        a cached store writes it without keeping it among its hot entries.
+        """
+
+    def delete(self, key: bytes) -> None:
+        """Remove ``key`` if present."""
+
+
+class DictStore:
+    """:class:`StateStore` over a dict: objects are kept as they are, nothing expires."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, Any] = {}
+
+    def get(self, key: bytes) -> Any | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: Any, *, cache: bool = True) -> None:
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.data.pop(key, None)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.data)
+
+
+def encode(value: list) -> bytes:
+    """Serialise a state object or index entry: version byte, event time, marshal payload."""
+    return _HEADER.pack(FORMAT_VERSION, value[0]) + marshal.dumps(value, _MARSHAL_VERSION)
+
+
+def decode(data: bytes | memoryview) -> list:
+    """Inverse of :func:`encode`."""
+    if not data or data[0] != FORMAT_VERSION:
+        raise FeatureError(f"state value has format {data[0] if data else None!r}, "
+                           f"expected {FORMAT_VERSION}")
+    return marshal.loads(memoryview(data)[_HEADER.size:])
+
+
+def entry_time(data: bytes | memoryview) -> int:
+    """The event time (epoch ms) an encoded value was last updated at, without decoding it."""
+    return _HEADER.unpack_from(data)[1]

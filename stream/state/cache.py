@@ -1,0 +1,177 @@
+"""Write-back cache: hot entity state as live objects, written to the backend in batches.
+
+:class:`CachedStore` implements :class:`features.store.StateStore` over a bytes backend (RocksDB or
+memory). ``get`` returns the cached object itself; the engine changes it in place and calls
+``put``, which only marks it dirty. Dirty objects are encoded (:func:`features.store.encode`) when
+they are evicted (least recently used first) or on :meth:`CachedStore.flush`, and written as one
+write batch. :meth:`CachedStore.flush` returns every key written since the previous flush with its
+encoded value (``None`` for a delete): exactly what a changelog topic needs.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+from features.store import decode as _decode
+from features.store import encode as _encode
+from features.store import entry_time
+
+__all__ = ["Backend", "CachedStore"]
+
+_MISSING = object()
+
+
+class Backend(Protocol):
+    path: str
+
+    def get(self, key: bytes) -> bytes | None: ...
+    def write(self, puts: dict[bytes, bytes], deletes: Any = ()) -> None: ...
+    def items(self) -> Any: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+    def size_bytes(self) -> int: ...
+
+
+class CachedStore:
+    """A :class:`~features.store.StateStore` with an LRU write-back cache over ``backend``.
+
+    ``capacity`` is the number of live objects kept; ``batch_size`` the number of encoded writes
+    (evictions, cold puts, deletes) buffered before they go to the backend in one batch.
+    """
+
+    def __init__(self, backend: Backend, capacity: int = 200_000, batch_size: int = 10_000,
+                 encode: Callable[[Any], bytes] = _encode,
+                 decode: Callable[[bytes], Any] = _decode) -> None:
+        if capacity < 1 or batch_size < 1:
+            raise ValueError("capacity and batch_size must be at least 1")
+        self.backend = backend
+        self.capacity = capacity
+        self.batch_size = batch_size
+        self._encode, self._decode = encode, decode
+        self._cache: dict[bytes, Any] = {}
+        self._dirty: set[bytes] = set()
+        self._pending: dict[bytes, bytes | None] = {}   # encoded, not yet in the backend
+        self._changes: dict[bytes, bytes | None] = {}   # written since the last flush()
+        self.hits = 0
+        self.misses = 0
+
+    # ------------------------------------------------------------------ StateStore
+    def get(self, key: bytes) -> Any | None:
+        cache = self._cache
+        value = cache.pop(key, _MISSING)
+        if value is not _MISSING:
+            cache[key] = value  # most recently used goes last
+            self.hits += 1
+            return value
+        self.misses += 1
+        raw = self._pending.get(key, _MISSING)
+        if raw is _MISSING:
+            raw = self.backend.get(key)
+        if raw is None:
+            return None
+        value = self._decode(raw)
+        cache[key] = value
+        if len(cache) > self.capacity:
+            self._evict()
+        return value
+
+    def put(self, key: bytes, value: Any, *, cache: bool = True) -> None:
+        if cache:
+            if self._cache.get(key) is not value:
+                self._cache.pop(key, None)
+                self._cache[key] = value
+                if len(self._cache) > self.capacity:
+                    self._evict()
+            self._dirty.add(key)
+        else:
+            self._cache.pop(key, None)
+            self._dirty.discard(key)
+            self._stage(key, self._encode(value))
+
+    def delete(self, key: bytes) -> None:
+        self._cache.pop(key, None)
+        self._dirty.discard(key)
+        self._stage(key, None)
+
+    # ------------------------------------------------------------------ batching
+    def _evict(self) -> None:
+        cache, dirty = self._cache, self._dirty
+        excess = len(cache) - self.capacity
+        # Evict in chunks of 1/64 of the capacity so eviction cost is amortised.
+        count = max(excess, self.capacity // 64, 1)
+        victims = []
+        for key in cache:
+            victims.append(key)
+            if len(victims) >= count:
+                break
+        for key in victims:
+            value = cache.pop(key)
+            if key in dirty:
+                dirty.discard(key)
+                self._stage(key, self._encode(value))
+
+    def _stage(self, key: bytes, raw: bytes | None) -> None:
+        self._pending[key] = raw
+        if len(self._pending) >= self.batch_size:
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if not self._pending:
+            return
+        pending = self._pending
+        self._pending = {}
+        puts = {k: v for k, v in pending.items() if v is not None}
+        deletes = [k for k, v in pending.items() if v is None]
+        self.backend.write(puts, deletes)
+        self._changes.update(pending)
+
+    def flush(self) -> dict[bytes, bytes | None]:
+        """Write every dirty object; return all changes since the last flush (for a changelog)."""
+        cache = self._cache
+        for key in self._dirty:
+            self._pending[key] = self._encode(cache[key])
+        self._dirty.clear()
+        self._write_pending()
+        changes = self._changes
+        self._changes = {}
+        return changes
+
+    def drop_cache(self) -> None:
+        """Flush, then forget every cached object (reads go to the backend again)."""
+        self.flush()
+        self._cache.clear()
+
+    # ------------------------------------------------------------------ maintenance
+    def expire(self, before_ms: int) -> int:
+        """Delete entries whose event time is older than ``before_ms``; return how many.
+
+        Scans the whole backend: run it from the worker's maintenance step, never inside a
+        rebalance callback.
+        """
+        self.flush()
+        dead = [key for key, raw in self.backend.items() if entry_time(raw) < before_ms]
+        for key in dead:
+            self.delete(key)
+        self._write_pending()
+        return len(dead)
+
+    def items(self):
+        """Every stored (key, decoded value), after a flush."""
+        self.flush()
+        for key, raw in self.backend.items():
+            yield key, self._decode(raw)
+
+    def __len__(self) -> int:
+        self.flush()
+        return sum(1 for _ in self.backend.items())
+
+    def close(self) -> None:
+        self.flush()
+        self._cache.clear()
+        self.backend.close()
+
+    def __enter__(self) -> "CachedStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

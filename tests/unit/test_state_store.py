@@ -1,0 +1,132 @@
+"""State stores: both backends behind the write-back cache, the options object, RocksDB errors."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import rocksdict
+
+from features.store import decode, encode, entry_time
+from stream.state import (CachedStore, MemoryBackend, RocksBackend, RocksOptions, StateClosedError,
+                          StateCorruptionError, StateError, StateLockedError, open_store,
+                          partition_path, rocksdb_error)
+from stream.state import rocks as rocks_module
+
+
+@pytest.fixture(params=["memory", "rocksdb"])
+def backend(request, tmp_path):
+    b = MemoryBackend() if request.param == "memory" else RocksBackend(tmp_path / "db")
+    yield b
+    b.close()
+
+
+def test_codec_round_trips_state_exactly():
+    value = [123, ["a", None, 1.5], [[7, {7: [1, 0, 0, 1, 0.1, 0.01, 0.1, 0.1, {"x"}]},
+                                      [1, 0, 0, 1, 0.1, 0.01, float("inf"), float("-inf"),
+                                       {"x": 1}], [0]]]]
+    blob = encode(value)
+    assert decode(blob) == value and entry_time(blob) == 123
+
+
+def test_cache_writes_back_in_batches_and_reports_changes(backend):
+    store = CachedStore(backend, capacity=2, batch_size=3)
+    for i in range(5):
+        store.put(b"k%d" % i, [i, [], []])
+    # three evicted so far (capacity 2): staged, one batch of 3 written
+    assert backend.get(b"k0") is not None and backend.get(b"k4") is None
+    obj = store.get(b"k4")
+    obj[1].append("changed in place")
+    store.put(b"k4", obj)
+    store.delete(b"k1")
+    changes = store.flush()
+    assert set(changes) == {b"k0", b"k1", b"k2", b"k3", b"k4"} and changes[b"k1"] is None
+    assert decode(backend.get(b"k4")) == [4, ["changed in place"], []]
+    assert store.flush() == {}
+    assert store.get(b"k0") == [0, [], []] and store.get(b"k1") is None
+    assert store.hits >= 1 and store.misses >= 1
+
+
+def test_cold_puts_skip_the_cache(backend):
+    store = CachedStore(backend, capacity=10, batch_size=100)
+    store.put(b"ix", [5, [], None], cache=False)
+    assert store.get(b"ix") == [5, [], None]      # read back from the staged batch
+    store.flush()
+    assert decode(backend.get(b"ix")) == [5, [], None]
+
+
+def test_expire_deletes_idle_entries(backend):
+    store = CachedStore(backend, capacity=10)
+    store.put(b"old", [100, [], []])
+    store.put(b"new", [200, [], []])
+    assert store.expire(150) == 1
+    assert store.get(b"old") is None and store.get(b"new") is not None
+    assert len(store) == 1
+
+
+def test_rocksdb_state_survives_reopen(tmp_path):
+    path = partition_path(tmp_path, "fraudstream.events", 3)
+    with open_store("rocksdb", path) as store:
+        store.put(b"a", [1, ["x"], []])
+    with open_store("rocksdb", path) as store:
+        assert store.get(b"a") == [1, ["x"], []]
+    assert path.name == "fraudstream.events-3"
+
+
+def test_every_open_goes_through_the_options_object(tmp_path, monkeypatch):
+    seen = []
+    real = RocksOptions.build
+
+    def spy(self):
+        seen.append(self)
+        return real(self)
+    monkeypatch.setattr(RocksOptions, "build", spy)
+    opts = RocksOptions(block_cache_bytes=8 << 20, compression="zstd")
+    RocksBackend(tmp_path / "db", opts).close()
+    RocksBackend(tmp_path / "db", opts).close()   # reopen: same options again
+    assert seen == [opts, opts]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.block_cache_bytes = 1  # type: ignore[misc]
+    source = open(rocks_module.__file__).read()
+    assert source.count("rocksdict.Rdict(") == 1
+
+
+def test_second_open_of_a_locked_store_is_a_typed_error(tmp_path):
+    first = RocksBackend(tmp_path / "db")
+    try:
+        with pytest.raises(StateLockedError):
+            RocksBackend(tmp_path / "db")
+    finally:
+        first.close()
+    closed = RocksBackend(tmp_path / "db2")
+    db = closed._db
+    closed.close()
+    with pytest.raises(Exception) as info:
+        db.get(b"x")
+    assert isinstance(rocksdb_error(info.value), StateClosedError)
+
+
+@pytest.mark.parametrize("message,kind", [
+    ("IO error: While lock file: /x/LOCK: Resource temporarily unavailable", StateLockedError),
+    ("IO error: lock hold by current process, acquire time 1", StateLockedError),
+    ("Corruption: block checksum mismatch", StateCorruptionError),
+    ("IO error: No space left on device", StateError),
+    ("Invalid argument: Column family not found", StateError),
+])
+def test_rocksdb_error_recognition(message, kind):
+    assert type(rocksdb_error(Exception(message))) is kind
+
+
+@pytest.mark.parametrize("exc", [ValueError("Corruption: x"), Exception("something else"),
+                                 KeyError("IO error")])
+def test_non_rocksdb_errors_are_not_claimed(exc):
+    assert rocksdb_error(exc) is None
+
+
+def test_closed_error_class_is_recognised():
+    assert isinstance(rocksdb_error(rocksdict.DbClosedError("closed")), StateClosedError)
+
+
+def test_unknown_backend_is_rejected():
+    with pytest.raises(ValueError):
+        open_store("leveldb", "/tmp/x")
