@@ -341,13 +341,26 @@ def demo(ctx: click.Context, n_events: int, port: int, seed: int) -> None:
     run_demo(s, n_events=n_events, seed=seed, echo=click.echo)
 
 
-def _register_optional() -> None:
-    """Attach command groups that live in their own modules."""
-    try:
-        from stream.features_cli import features
-    except ImportError:  # the feature CLI lands separately
-        return
-    main.add_command(features)
+# Command groups that live in their own modules, attached when the module is present. A module
+# that exists but fails to import is an error, never silently skipped.
+_EXTENSIONS = (
+    ("stream.features_cli", "features"),
+    ("stream.simulate_cli", "simulate"),
+    ("stream.replay_cli", "replay"),
+    ("stream.backtest_cli", "backtest"),
+    ("stream.models_cli", "models"),
+    ("stream.trainer_cli", "trainer"),
+)
 
 
-_register_optional()
+def _register_extensions() -> None:
+    import importlib
+    import importlib.util
+
+    for module_name, attr in _EXTENSIONS:
+        if importlib.util.find_spec(module_name) is None:
+            continue
+        main.add_command(getattr(importlib.import_module(module_name), attr))
+
+
+_register_extensions()

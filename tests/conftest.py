@@ -55,8 +55,15 @@ def _docker_answers() -> bool:
 
 
 def _say(config: pytest.Config, line: str) -> None:
+    """Print past output capture, so the log shows which broker (and version) tests ran on."""
     reporter = config.pluginmanager.getplugin("terminalreporter")
-    if reporter is not None:
+    capman = config.pluginmanager.getplugin("capturemanager")
+    if reporter is None:
+        return
+    if capman is not None:
+        with capman.global_and_fixture_disabled():
+            reporter.write_line(line)
+    else:
         reporter.write_line(line)
 
 
