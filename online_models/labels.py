@@ -1,0 +1,193 @@
+"""Point-in-time correct delayed labels: the scored-vector store and the label join.
+
+When an event is scored, the exact vector the models saw (the feature dict plus derived inputs such
+as the anomaly score), the raw and calibrated scores and the model versions are stored under the
+event id (:class:`SnapshotStore.put`). When its label arrives, days or weeks later,
+:meth:`SnapshotStore.take` returns that snapshot and the models learn from it: never from features
+recomputed at label time, which would leak what happened after the event.
+
+Retention is in event time: a snapshot older than ``ttl_ms`` (default 120 days) when its label
+arrives counts as *expired*. A label whose event was never scored here (or already purged by the
+backend) counts as *unknown*; a second label for the same event as *duplicate* (a taken snapshot
+leaves a small tombstone). :class:`JoinStats` exposes the counts; nothing is dropped silently.
+
+The store talks to a minimal key-value protocol (:class:`KeyValue`: ``get``/``put``/``delete`` by
+``bytes`` key) so the I/O layer can back it with its partitioned RocksDB state. Stored values are
+plain lists whose first element is the event time (epoch ms), containing only ``str``, ``float``,
+``int``, ``None`` and a ``dict`` of features, so any codec (marshal, orjson) can persist them and a
+backend can expire entries by their first element. :class:`MemoryKV` is the in-memory backend for
+tests and the backtest.
+
+>>> store = SnapshotStore(MemoryKV(), ttl_ms=10 * DAY_MS)
+>>> store.put(Snapshot("e1", "m1", 0, {"amount": 5.0}, raw=0.2, score=0.1,
+...                    global_version="default-1.0"))
+>>> snap, status = store.take("e1", label_time=3 * DAY_MS)
+>>> status, snap.vector
+('joined', {'amount': 5.0})
+>>> store.take("e1", label_time=3 * DAY_MS)[1], store.take("nope", 0)[1]
+('duplicate', 'unknown')
+>>> store.stats.as_dict()
+{'joined': 1, 'unknown': 1, 'expired': 0, 'duplicate': 1}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, runtime_checkable
+
+__all__ = ["KeyValue", "MemoryKV", "Snapshot", "SnapshotStore", "JoinStats", "Example",
+           "DAY_MS", "DEFAULT_TTL_MS", "JOINED", "UNKNOWN", "EXPIRED", "DUPLICATE"]
+
+DAY_MS = 86_400_000
+DEFAULT_TTL_MS = 120 * DAY_MS
+JOINED, UNKNOWN, EXPIRED, DUPLICATE = "joined", "unknown", "expired", "duplicate"
+
+
+@runtime_checkable
+class KeyValue(Protocol):
+    """What the models need from a state store (the same shape as ``features.store.StateStore``)."""
+
+    def get(self, key: bytes) -> Any | None: ...
+
+    def put(self, key: bytes, value: Any, *, cache: bool = True) -> None:
+        """``cache=False``: the value will rarely be read again (snapshots wait for labels)."""
+
+    def delete(self, key: bytes) -> None: ...
+
+
+class MemoryKV:
+    """:class:`KeyValue` over a dict, with expiry by the event time every value starts with."""
+
+    def __init__(self) -> None:
+        self.data: dict[bytes, Any] = {}
+
+    def get(self, key: bytes) -> Any | None:
+        return self.data.get(key)
+
+    def put(self, key: bytes, value: Any, *, cache: bool = True) -> None:
+        self.data[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.data.pop(key, None)
+
+    def expire_before(self, event_time: int) -> int:
+        """Delete the values whose first element is older than ``event_time``; how many."""
+        old = [k for k, v in self.data.items() if v[0] < event_time]
+        for k in old:
+            del self.data[k]
+        return len(old)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.data)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Everything needed to learn from an event later, as it was when the event was scored."""
+
+    event_id: str
+    merchant_id: str | None
+    event_time: int
+    vector: dict
+    raw: float                      # blended raw score that was calibrated
+    score: float                    # calibrated score that was decided on
+    global_version: str
+    raw_global: float = 0.0
+    raw_merchant: float | None = None
+    merchant_n: int = 0             # labels the merchant model had learned at scoring time
+    challenger_version: str | None = None
+    challenger_vector: dict | None = None
+    challenger_raw: float | None = None
+
+    def to_list(self) -> list:
+        return [self.event_time, self.event_id, self.merchant_id, self.vector, self.raw,
+                self.score, self.global_version, self.raw_global, self.raw_merchant,
+                self.merchant_n, self.challenger_version, self.challenger_vector,
+                self.challenger_raw]
+
+    @classmethod
+    def from_list(cls, v: list) -> "Snapshot":
+        return cls(v[1], v[2], v[0], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
+                   v[12])
+
+
+@dataclass(slots=True)
+class Example:
+    """A joined training example: the stored snapshot and its label (what the trainer learns)."""
+
+    snapshot: Snapshot
+    is_fraud: bool
+    label_time: int
+
+    @property
+    def delay_ms(self) -> int:
+        return self.label_time - self.snapshot.event_time
+
+    def to_dict(self) -> dict:
+        """A JSON-friendly dict (for the training-examples topic)."""
+        return {"snapshot": self.snapshot.to_list(), "is_fraud": self.is_fraud,
+                "label_time": self.label_time}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Example":
+        return cls(Snapshot.from_list(d["snapshot"]), bool(d["is_fraud"]), int(d["label_time"]))
+
+
+@dataclass
+class JoinStats:
+    """Outcome counts of :meth:`SnapshotStore.take`."""
+
+    joined: int = 0
+    unknown: int = 0
+    expired: int = 0
+    duplicate: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"joined": self.joined, "unknown": self.unknown, "expired": self.expired,
+                "duplicate": self.duplicate}
+
+
+@dataclass
+class SnapshotStore:
+    """Snapshots by event id over a :class:`KeyValue` backend (see the module docstring)."""
+
+    kv: KeyValue
+    ttl_ms: int = DEFAULT_TTL_MS
+    prefix: bytes = b"snap:"
+    stats: JoinStats = field(default_factory=JoinStats)
+
+    def _key(self, event_id: str) -> bytes:
+        return self.prefix + event_id.encode()
+
+    def put(self, snapshot: Snapshot) -> None:
+        self.kv.put(self._key(snapshot.event_id), snapshot.to_list(), cache=False)
+
+    def get(self, event_id: str) -> Snapshot | None:
+        """The stored snapshot, without joining (``None`` if absent or already labelled)."""
+        v = self.kv.get(self._key(event_id))
+        return Snapshot.from_list(v) if v is not None and len(v) > 1 else None
+
+    def take(self, event_id: str, label_time: int) -> tuple[Snapshot | None, str]:
+        """Join a label: ``(snapshot, "joined")`` or ``(None, "unknown"|"expired"|"duplicate")``.
+
+        A joined snapshot is replaced by a one-element tombstone (its event time) so a repeated
+        label is recognised; the backend expires the tombstone with the same TTL.
+        """
+        key = self._key(event_id)
+        v = self.kv.get(key)
+        if v is None:
+            self.stats.unknown += 1
+            return None, UNKNOWN
+        if len(v) == 1:
+            self.stats.duplicate += 1
+            return None, DUPLICATE
+        if label_time - v[0] > self.ttl_ms:
+            self.kv.delete(key)
+            self.stats.expired += 1
+            return None, EXPIRED
+        self.kv.put(key, [v[0]], cache=False)
+        self.stats.joined += 1
+        return Snapshot.from_list(v), JOINED

@@ -1,0 +1,198 @@
+"""Standardise-then-logistic-regression fused into one River classifier, with class weighting.
+
+River's ``StandardScaler() | LogisticRegression()`` pipeline walks the feature dict four times per
+learned event and costs about 45 us with 42 features; fraud scoring needs the whole pipeline well
+under 100 us. :class:`ScaledLogisticRegression` keeps, per feature, one list ``[mean, m2, weight]``
+(Welford running mean and squared deviations, and the model weight) so predicting is one pass and
+learning two. It is a :class:`river.base.Classifier`, so it composes with River tooling.
+
+Class imbalance: a positive (fraud) example is learned with weight
+``min(max_pos_weight, sqrt((n_neg + 1) / (n_pos + 1)))``: half-way (in log terms) to balanced
+classes. Full balancing doubles the variance of the rare-class gradient for little ranking gain;
+the calibrator (:mod:`online_models.calibration`) maps the inflated scores back to probabilities.
+
+Standardised values are clipped to ``[-clip, clip]`` so one heavy-tailed amount cannot blow up a
+weight. Values that are ``None`` count as missing (standardised value 0). The explanation of a score
+(:meth:`ScaledLogisticRegression.contributions`) is ``weight * standardised value`` per feature:
+the feature's additive share of the log-odds relative to an average event.
+
+>>> m = ScaledLogisticRegression()
+>>> for i in range(200):
+...     m.learn_one({"amount": float(i % 10), "n": 1.0}, i % 10 >= 8)
+>>> m.predict_proba_one({"amount": 9.0, "n": 1.0})[True] > m.predict_proba_one({"amount": 0.0, "n": 1.0})[True]
+True
+>>> top = max(m.contributions({"amount": 9.0, "n": 1.0}).items(), key=lambda kv: kv[1])
+>>> top[0]
+'amount'
+"""
+
+from __future__ import annotations
+
+import math
+
+from river import base
+
+__all__ = ["ScaledLogisticRegression"]
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
+
+
+class ScaledLogisticRegression(base.Classifier):
+    """Binary logistic regression on running-standardised features, learned by SGD.
+
+    Parameters
+    ----------
+    lr
+        SGD step size on the log loss.
+    l2
+        L2 penalty applied to the weights (not the bias) at each step.
+    clip
+        Standardised values are clipped to ``[-clip, clip]``.
+    max_pos_weight
+        Upper bound of the positive-class weight (see the module docstring); 1 disables weighting.
+    """
+
+    def __init__(self, lr: float = 0.01, l2: float = 1e-4, clip: float = 8.0,
+                 max_pos_weight: float = 10.0) -> None:
+        self.lr = lr
+        self.l2 = l2
+        self.clip = clip
+        self.max_pos_weight = max_pos_weight
+        # feature -> [count, mean, m2, weight, 1/std]; per-feature counts so late features work
+        self._state: dict[str, list[float]] = {}
+        self.bias = 0.0
+        self.n_pos = 0
+        self.n_neg = 0
+
+    @property
+    def _multiclass(self) -> bool:
+        return False
+
+    # ------------------------------------------------------------------ scoring
+    def raw_one(self, x: dict) -> float:
+        """The log-odds for ``x`` (no learning)."""
+        state = self._state
+        clip = self.clip
+        dot = self.bias
+        for k, v in x.items():
+            s = state.get(k)
+            if s is None or v is None:
+                continue
+            z = (v - s[1]) * s[4]
+            if z > clip:
+                z = clip
+            elif z < -clip:
+                z = -clip
+            dot += s[3] * z
+        return dot
+
+    def proba_true(self, x: dict) -> float:
+        """``P(y = True | x)`` as a float (the fast path the registry uses)."""
+        return _sigmoid(self.raw_one(x))
+
+    def predict_proba_one(self, x: dict) -> dict[bool, float]:
+        p = self.proba_true(x)
+        return {False: 1.0 - p, True: p}
+
+    def contributions(self, x: dict) -> dict[str, float]:
+        """``weight * standardised value`` per feature of ``x``: its share of the log-odds."""
+        state = self._state
+        clip = self.clip
+        out: dict[str, float] = {}
+        for k, v in x.items():
+            s = state.get(k)
+            if s is None or v is None or s[4] == 0.0:
+                continue
+            z = max(-clip, min(clip, (v - s[1]) * s[4]))
+            out[k] = s[3] * z
+        return out
+
+    def proba_and_top(self, x: dict, k: int) -> tuple[float, list[tuple[str, float]]]:
+        """``P(y = True | x)`` and the ``k`` largest positive contributions, in one pass."""
+        state = self._state
+        clip = self.clip
+        dot = self.bias
+        pos: list[tuple[float, str]] = []
+        for name, v in x.items():
+            s = state.get(name)
+            if s is None or v is None:
+                continue
+            z = (v - s[1]) * s[4]
+            if z > clip:
+                z = clip
+            elif z < -clip:
+                z = -clip
+            c = s[3] * z
+            dot += c
+            if c > 0.0:
+                pos.append((c, name))
+        if len(pos) > k:
+            pos.sort(reverse=True)
+            del pos[k:]
+        else:
+            pos.sort(reverse=True)
+        return _sigmoid(dot), [(name, c) for c, name in pos]
+
+    # ------------------------------------------------------------------ learning
+    def pos_weight(self) -> float:
+        """The weight a positive example gets now (see the module docstring)."""
+        return min(self.max_pos_weight, math.sqrt((self.n_neg + 1) / (self.n_pos + 1)))
+
+    def learn_one(self, x: dict, y: bool, w: float = 1.0) -> None:  # type: ignore[override]
+        if y:
+            w *= self.pos_weight()
+            self.n_pos += 1
+        else:
+            self.n_neg += 1
+        # One SGD step on the log loss with the standardisation as it was before this example,
+        # then fold the example into the running means and variances (Welford), in one pass.
+        sg = self.lr * (_sigmoid(self.raw_one(x)) - (1.0 if y else 0.0)) * w
+        decay = 1.0 - self.lr * self.l2
+        clip = self.clip
+        state = self._state
+        sqrt = math.sqrt
+        for k, v in x.items():
+            if v is None:
+                continue
+            s = state.get(k)
+            if s is None:
+                # [count, mean, m2, weight, 1/std (0 while undefined)]
+                s = state[k] = [0.0, 0.0, 0.0, 0.0, 0.0]
+            mean = s[1]
+            d = v - mean
+            z = d * s[4]
+            if z > clip:
+                z = clip
+            elif z < -clip:
+                z = -clip
+            s[3] = s[3] * decay - sg * z
+            n = s[0] + 1.0
+            mean += d / n
+            m2 = s[2] + d * (v - mean)
+            s[0] = n
+            s[1] = mean
+            s[2] = m2
+            if m2 > 0.0:
+                s[4] = 1.0 / sqrt(m2 / n)
+        self.bias -= sg
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """The current weight per feature (for inspection and docs)."""
+        return {k: s[3] for k, s in self._state.items()}
+
+    # Compact pickles: plain lists and floats only.
+    def __getstate__(self) -> dict:
+        return {"p": (self.lr, self.l2, self.clip, self.max_pos_weight),
+                "s": self._state, "b": self.bias, "n": (self.n_pos, self.n_neg)}
+
+    def __setstate__(self, st: dict) -> None:
+        self.lr, self.l2, self.clip, self.max_pos_weight = st["p"]
+        self._state = st["s"]
+        self.bias = st["b"]
+        self.n_pos, self.n_neg = st["n"]

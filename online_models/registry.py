@@ -1,0 +1,237 @@
+"""Model specs chosen by name: the River models fraudstream can score with.
+
+Every model is a :class:`FraudModel`: a small adapter with one calling convention over River
+estimators, so the scorer, the per-merchant models, the trainer and the backtest treat them alike:
+
+- ``prepare_one(x)`` returns the vector the model scores *and later learns from*: a new dict
+  (never ``x`` itself) that may carry derived inputs such as the anomaly score. The scorer stores
+  exactly this dict under the event id, so a delayed label trains on what was scored.
+- ``score_one(v)`` returns the raw probability of fraud for a prepared vector (no learning).
+- ``learn_one(v, y)`` learns from a prepared vector and a boolean label; it never modifies ``v``.
+- ``explain_one(v)`` returns ``{feature: contribution}`` (log-odds shares of the logistic part,
+  see :mod:`online_models.linear`), or ``{}`` for models without a linear part.
+
+Specs (``names()``):
+
+``default``
+    ``anomaly_hst`` (compact half-space trees over the features, learned from every labelled
+    event without using its label) is added to the vector; the score is
+    ``0.6 * logreg + 0.4 * hat`` on that vector. Why: see ``docs/models.md``.
+``logreg``
+    Fused standardisation + logistic regression with square-root class weighting
+    (:class:`online_models.linear.ScaledLogisticRegression`); the per-merchant default.
+``river-logreg``
+    River's own ``StandardScaler | LogisticRegression`` under ``imblearn.RandomUnderSampler``
+    (reference implementation; slower).
+``hat``
+    River's Hoeffding adaptive tree under ``imblearn.RandomUnderSampler`` (10% positives).
+``hst``
+    Compact half-space trees alone, unsupervised: the anomaly score is the raw score.
+
+>>> m = build("default", seed=1)
+>>> (m.name, m.version)
+('default', 'default-1')
+>>> v = m.prepare_one({"amount": 12.0, "user_txn_count_1h": 1.0})
+>>> sorted(v)
+['amount', 'anomaly_hst', 'user_txn_count_1h']
+>>> m.learn_one(v, False)
+>>> 0.0 <= m.score_one(v) <= 1.0
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from river import compose, imblearn, linear_model, optim, preprocessing, tree
+
+from online_models.anomaly import CompactHalfSpaceTrees
+from online_models.exceptions import UnknownModelError
+from online_models.linear import ScaledLogisticRegression
+
+__all__ = ["FraudModel", "ModelSpec", "ANOMALY_FEATURE", "build", "get_spec", "names", "register"]
+
+#: Name of the derived anomaly-score input the default model adds to each vector.
+ANOMALY_FEATURE = "anomaly_hst"
+
+
+class FraudModel:
+    """The calling convention every registered model follows (see the module docstring)."""
+
+    name: str = ""
+    version: str = ""
+
+    def prepare_one(self, x: dict) -> dict:
+        return dict(x)
+
+    def score_one(self, v: dict) -> float:
+        raise NotImplementedError
+
+    def learn_one(self, v: dict, y: bool) -> None:
+        raise NotImplementedError
+
+    def explain_one(self, v: dict) -> dict[str, float]:
+        return {}
+
+    def score_explain_one(self, v: dict, k: int) -> tuple[float, list[tuple[str, float]]]:
+        """``score_one(v)`` and the ``k`` largest positive contributions, largest first."""
+        top = sorted(((c, f) for f, c in self.explain_one(v).items() if c > 0.0), reverse=True)
+        return self.score_one(v), [(f, c) for c, f in top[:k]]
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.version}>"
+
+
+class LogReg(FraudModel):
+    """:class:`ScaledLogisticRegression` as a :class:`FraudModel`."""
+
+    def __init__(self, name: str, version: str, **params: float) -> None:
+        self.name, self.version = name, version
+        self.model = ScaledLogisticRegression(**params)
+
+    def score_one(self, v: dict) -> float:
+        return self.model.proba_true(v)
+
+    def learn_one(self, v: dict, y: bool) -> None:
+        self.model.learn_one(v, bool(y))
+
+    def explain_one(self, v: dict) -> dict[str, float]:
+        return self.model.contributions(v)
+
+    def score_explain_one(self, v: dict, k: int) -> tuple[float, list[tuple[str, float]]]:
+        return self.model.proba_and_top(v, k)
+
+
+class RiverClassifier(FraudModel):
+    """Any River binary classifier (pipelines included) as a :class:`FraudModel`."""
+
+    def __init__(self, name: str, version: str, model) -> None:
+        self.name, self.version = name, version
+        self.model = model
+
+    def score_one(self, v: dict) -> float:
+        return float(self.model.predict_proba_one(v).get(True, 0.0))
+
+    def learn_one(self, v: dict, y: bool) -> None:
+        self.model.learn_one(v, bool(y))
+
+
+class Anomaly(FraudModel):
+    """An unsupervised detector: learns from every labelled vector, ignoring the label."""
+
+    def __init__(self, name: str, version: str, detector: CompactHalfSpaceTrees) -> None:
+        self.name, self.version = name, version
+        self.detector = detector
+
+    def score_one(self, v: dict) -> float:
+        return self.detector.score_one(v)
+
+    def learn_one(self, v: dict, y: bool) -> None:
+        self.detector.learn_one(v)
+
+
+class Blend(FraudModel):
+    """The default: anomaly score as an input, then a weighted mean of logreg and HAT."""
+
+    def __init__(self, name: str, version: str, seed: int, w_logreg: float = 0.6) -> None:
+        self.name, self.version = name, version
+        self.w_logreg = w_logreg
+        self.hst = CompactHalfSpaceTrees(n_trees=8, height=6, window_size=250, seed=seed,
+                                         exclude=frozenset({ANOMALY_FEATURE}))
+        self.logreg = ScaledLogisticRegression()
+        self.hat = imblearn.RandomUnderSampler(
+            tree.HoeffdingAdaptiveTreeClassifier(grace_period=200, leaf_prediction="mc",
+                                                 max_depth=12, seed=seed),
+            desired_dist={False: 0.8, True: 0.2}, seed=seed)
+
+    def prepare_one(self, x: dict) -> dict:
+        v = dict(x)
+        v[ANOMALY_FEATURE] = self.hst.score_one(x)
+        return v
+
+    def score_one(self, v: dict) -> float:
+        p_hat = self.hat.predict_proba_one(v).get(True, 0.0)
+        w = self.w_logreg
+        return w * self.logreg.proba_true(v) + (1.0 - w) * p_hat
+
+    def learn_one(self, v: dict, y: bool) -> None:
+        y = bool(y)
+        self.logreg.learn_one(v, y)
+        self.hat.learn_one(v, y)
+        self.hst.learn_one(v)  # ignores ANOMALY_FEATURE (``exclude``)
+
+    def explain_one(self, v: dict) -> dict[str, float]:
+        return self.logreg.contributions(v)
+
+    def score_explain_one(self, v: dict, k: int) -> tuple[float, list[tuple[str, float]]]:
+        p_lr, top = self.logreg.proba_and_top(v, k)
+        w = self.w_logreg
+        return w * p_lr + (1.0 - w) * self.hat.predict_proba_one(v).get(True, 0.0), top
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A named, versioned recipe for a :class:`FraudModel`. Bump ``version`` when it changes."""
+
+    name: str
+    version: str
+    description: str
+    factory: Callable[[str, str, int], FraudModel]
+
+    def build(self, seed: int = 42) -> FraudModel:
+        return self.factory(self.name, self.version, seed)
+
+
+def _river_logreg(name: str, version: str, seed: int) -> FraudModel:
+    pipe = compose.Pipeline(preprocessing.StandardScaler(),
+                            linear_model.LogisticRegression(optimizer=optim.SGD(0.01)))
+    return RiverClassifier(name, version, imblearn.RandomUnderSampler(
+        pipe, desired_dist={False: 0.8, True: 0.2}, seed=seed))
+
+
+def _hat(name: str, version: str, seed: int) -> FraudModel:
+    return RiverClassifier(name, version, imblearn.RandomUnderSampler(
+        tree.HoeffdingAdaptiveTreeClassifier(grace_period=200, leaf_prediction="mc",
+                                             max_depth=12, seed=seed),
+        desired_dist={False: 0.9, True: 0.1}, seed=seed))
+
+
+_SPECS: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> None:
+    """Add (or replace) a spec; the name is what configuration refers to."""
+    _SPECS[spec.name] = spec
+
+
+for _spec in (
+    ModelSpec("default", "default-1", "HST anomaly input; 0.6 logreg + 0.4 HAT",
+              lambda n, v, s: Blend(n, v, s)),
+    ModelSpec("logreg", "logreg-1", "fused standardised logistic regression, sqrt class weights",
+              lambda n, v, s: LogReg(n, v)),
+    ModelSpec("river-logreg", "river-logreg-1", "River StandardScaler|LogisticRegression, undersampled",
+              _river_logreg),
+    ModelSpec("hat", "hat-1", "River Hoeffding adaptive tree, undersampled to 10% positives", _hat),
+    ModelSpec("hst", "hst-1", "compact half-space trees, unsupervised anomaly score",
+              lambda n, v, s: Anomaly(n, v, CompactHalfSpaceTrees(seed=s))),
+):
+    register(_spec)
+
+
+def names() -> list[str]:
+    """The registered spec names, sorted."""
+    return sorted(_SPECS)
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec registered under ``name``; :class:`UnknownModelError` lists the known ones."""
+    try:
+        return _SPECS[name]
+    except KeyError:
+        raise UnknownModelError(f"unknown model {name!r}; known: {', '.join(names())}") from None
+
+
+def build(name: str, seed: int = 42) -> FraudModel:
+    """A fresh, untrained model from the spec ``name``."""
+    return get_spec(name).build(seed)
