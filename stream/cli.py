@@ -289,7 +289,7 @@ def tail(ctx: click.Context, min_score: float, as_json: bool, group: str | None,
 def worker(ctx: click.Context, instance_id: str | None, group_id: str | None,
            processing_guarantee: str | None, exit_when_idle: float | None) -> None:
     """Consume events, compute features, score, produce scores and dead letters."""
-    from stream.worker import Worker
+    from stream.runtime import Worker
 
     s = _settings(ctx, instance_id=instance_id, group_id=group_id,
                   processing_guarantee=processing_guarantee)
@@ -298,7 +298,9 @@ def worker(ctx: click.Context, instance_id: str | None, group_id: str | None,
     w.install_signal_handlers()
     stats = w.run(exit_when_idle=exit_when_idle)
     click.echo(f"worker {w.instance_id}: consumed {stats.consumed}, scored {stats.scored}, "
-               f"dead-lettered {stats.dead_lettered}, commits {stats.commits}", err=True)
+               f"forwarded {stats.forwarded}, labels {stats.labels}, "
+               f"dead-lettered {stats.dead_lettered}, commits {stats.commits}, "
+               f"restored {stats.restored_records}", err=True)
 
 
 # ---------------------------------------------------------------------- config

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -78,6 +79,20 @@ _MALFORMED = [
 ]
 
 
+def _delete_topics(settings: Settings, names: list[str]) -> None:
+    """Remove this run's topics (and the worker's internal ones) from a broker we did not start."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient(settings.kafka_client_config())
+    internal = [t for t in admin.list_topics(timeout=10).topics
+                if t.startswith(f"{settings.group_id}.")]
+    for fut in admin.delete_topics(names + internal, operation_timeout=30).values():
+        try:
+            fut.result()
+        except Exception:  # noqa: BLE001 - best effort clean-up of demo topics
+            pass
+
+
 def run_demo(settings: Settings, n_events: int, seed: int,
              echo: Callable[[str], None] = print) -> None:
     from stream.consumer import ScoreConsumer
@@ -91,26 +106,35 @@ def run_demo(settings: Settings, n_events: int, seed: int,
                         heap=settings.local_kafka_heap, log=echo)
     started_broker = not broker.status().running
     worker: subprocess.Popen | None = None
+    created_topics: list[str] = []
+    log_path = Path(settings.local_kafka_dir) / "demo-worker.log"
     try:
         st = broker.up()
         echo(f"[demo] Apache Kafka {st.version} on {st.bootstrap}")
-        report = ensure_topics(settings)
-        echo(f"[demo] topics ready (created: {', '.join(report.created) or 'none'})")
-
+        # Topics, group and state unique to this run (and deleted at the end), so a demo never
+        # re-reads an earlier run's events.
         run_id = f"{int(time.time())}-{os.getpid()}"
+        settings = settings.replace(
+            topic_events=f"demo-{run_id}.events", topic_labels=f"demo-{run_id}.labels",
+            topic_scores=f"demo-{run_id}.scores", topic_dead_letter=f"demo-{run_id}.dead-letter",
+            group_id=f"demo-{run_id}", instance_id="demo",
+            state_dir=str(Path(settings.local_kafka_dir) / "demo-state"))
+        report = ensure_topics(settings)
+        created_topics = list(report.created)
+        echo(f"[demo] topics ready: {', '.join(report.created)}")
         env = dict(os.environ)
-        env.update({"FRAUDSTREAM_BOOTSTRAP_SERVERS": settings.bootstrap_servers,
-                    "FRAUDSTREAM_GROUP_ID": f"fraudstream-demo-{run_id}",
-                    "FRAUDSTREAM_INSTANCE_ID": f"demo-{run_id}"})
-        log_path = Path(settings.local_kafka_dir) / "demo-worker.log"
+        env.update({f"FRAUDSTREAM_{k.upper()}": str(v) for k, v in (
+            ("bootstrap_servers", settings.bootstrap_servers), ("group_id", settings.group_id),
+            ("instance_id", "demo"), ("topic_events", settings.topic_events),
+            ("topic_labels", settings.topic_labels), ("topic_scores", settings.topic_scores),
+            ("topic_dead_letter", settings.topic_dead_letter), ("state_dir", settings.state_dir),
+            ("partitions", settings.partitions))})
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log_file:
             worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env,
                                       stdout=log_file, stderr=subprocess.STDOUT)
         echo(f"[demo] worker started (PID {worker.pid}, log {log_path})")
 
-        # Event ids are unique to this run, so the score reader can start at the oldest retained
-        # score and pick out this run's (earlier demo runs on the same broker are skipped).
         consumer = ScoreConsumer(settings, from_beginning=True)
         events = generate_events(n_events, seed, id_prefix=f"demo{run_id}")
         sent_at: dict[str, float] = {}
@@ -150,8 +174,9 @@ def run_demo(settings: Settings, n_events: int, seed: int,
             decisions[sc.decision] = decisions.get(sc.decision, 0) + 1
             if shown < 8 or (sc.decision != "approve" and shown < 16):
                 shown += 1
+                top = sc.reasons[0]["feature"] if sc.reasons else "-"
                 echo(f"  score {sc.score:.3f} {sc.decision:<7} {sc.event_id} user={sc.user_id} "
-                     f"amount-features={sc.reasons[0]['feature'] if sc.reasons else '-'}")
+                     f"merchant={sc.merchant_id} top reason={top}")
         consumer.close()
         latencies.sort()
         span = (last_score - pub_start) if last_score else float("nan")
@@ -175,7 +200,12 @@ def run_demo(settings: Settings, n_events: int, seed: int,
             except subprocess.TimeoutExpired:
                 worker.kill()
                 worker.wait()
-            echo(f"[demo] worker stopped")
+            echo("[demo] worker stopped")
+            for line in log_path.read_text().splitlines()[-1:]:
+                echo(f"  {line}")
+        if created_topics and not started_broker:
+            _delete_topics(settings, created_topics)
+        shutil.rmtree(Path(settings.state_dir) / settings.group_id, ignore_errors=True)
         if started_broker:
             broker.down()
             echo("[demo] broker stopped")

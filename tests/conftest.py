@@ -110,7 +110,7 @@ def kafka_bootstrap(request: pytest.FixtureRequest,
 
 
 @pytest.fixture
-def kafka_settings(kafka_bootstrap: str) -> Settings:
+def kafka_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
     """Settings on the test broker with topic and group names unique to the test."""
     tag = uuid.uuid4().hex[:10]
     return Settings.load(env={}, overrides={
@@ -122,6 +122,7 @@ def kafka_settings(kafka_bootstrap: str) -> Settings:
         "group_id": f"g-{tag}",
         "partitions": 3,
         "commit_interval_ms": 100,
+        "state_dir": str(tmp_path / "state"),
     })
 
 

@@ -15,7 +15,7 @@ from stream.demo import generate_events
 from stream.events import decode_score
 from stream.publisher import EventPublisher
 from stream.topics import ensure_topics
-from stream.worker import Worker
+from stream.runtime import Worker
 from tests.kafka_util import headers_of, read_topic
 
 N_VALID = 400
@@ -61,7 +61,7 @@ def test_valid_events_scored_once_and_malformed_dead_lettered(kafka_settings):
         for raw, _, _ in bad[len(range(0, N_VALID, 40)):]:
             pub.publish_raw(s.topic_events, raw, b"u-bad")
 
-    stats = Worker(s, instance_id="e2e").run(max_events=N_VALID + len(bad), exit_when_idle=20)
+    stats = Worker(s, instance_id="e2e").run(exit_when_idle=5)
     assert stats.scored == N_VALID
     assert stats.dead_lettered == len(bad)
 
@@ -107,6 +107,7 @@ def test_worker_process_sigterm_commits_and_exits_cleanly(kafka_settings, tmp_pa
         "FRAUDSTREAM_TOPIC_DEAD_LETTER": s.topic_dead_letter,
         "FRAUDSTREAM_GROUP_ID": s.group_id,
         "FRAUDSTREAM_PARTITIONS": str(s.partitions),
+        "FRAUDSTREAM_STATE_DIR": s.state_dir,
     })
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "stream", "worker", "--instance-id", "sig"],

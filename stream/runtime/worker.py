@@ -1,0 +1,495 @@
+"""The streaming worker: all stages of the topology for the partitions assigned to this process.
+
+One consumer subscribes to every stage's input topic and the labels topic; one producer writes
+scores, forwarded records, dead letters and changelogs. A *task* is one stage on one partition,
+with its own state store (RocksDB by default) and feature engine.
+
+Commit protocol (``processing_guarantee = "exactly_once"``, the default):
+
+1. A transaction is begun before the first record of a batch is processed.
+2. Processing produces outputs into it: scores, records forwarded to the next stage's repartition
+   topic, labels routed to the stages that need them, dead letters.
+3. When ``commit_interval_ms`` has passed or ``commit_every_records`` records were processed, every
+   task's store is flushed: dirty state is written to RocksDB and each changed key is produced to
+   the stage's compacted changelog topic (same partition), inside the transaction.
+4. The consumed input offsets are added to the transaction (``send_offsets_to_transaction`` with the
+   consumer's group metadata, which fences a zombie owner after a rebalance).
+5. The transaction is committed: outputs, changelog records and input offsets become visible
+   together or not at all.
+6. Only when a task is closed cleanly (revocation, shutdown) after step 5 is its local checkpoint
+   written: the changelog's end offset that the RocksDB store now includes.
+
+Opening a task consumes its checkpoint before any write (:mod:`stream.runtime.checkpoint`): with a
+checkpoint the store is brought up to date from the changelog tail; without one (first start, a new
+machine, or a crash) the store is wiped and rebuilt from the whole changelog. Restoring happens in
+the main loop with the task's input partition paused, never inside a rebalance callback.
+
+If a transaction must be aborted the worker stops with an error: the in-memory state has moved past
+what was committed, and a restart (which restores from the changelog) is the recovery.
+
+Under ``at_least_once`` steps 1, 4 and 5 become: flush the producer, then commit the offsets. A
+crash between the two re-processes the batch; feature state may then count those events twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import KafkaError as _RdKafkaError
+
+from features.default import default_feature_set
+from features.definitions import FeatureSet
+from features.engine import FeatureEngine
+from stream import wire
+from stream.deadletter import dead_letter_headers
+from stream.events import Score, decode_event, decode_label
+from stream.exceptions import DecodeError, KafkaError
+from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
+from stream.runtime.scoring import HeuristicScorer, Scorer
+from stream.runtime.topology import Stage, Topology
+from stream.settings import Settings
+from stream.state import CachedStore, open_store
+from stream.topics import ensure_topics, project_topics
+
+__all__ = ["Worker", "WorkerStats", "decide"]
+
+log = logging.getLogger(__name__)
+
+# Keys of internal repartition records: an event with the features computed so far, or a label.
+_EVENT, _FEATURES, _LABEL = "e", "f", "l"
+
+
+def decide(score: float, settings: Settings) -> str:
+    """Map a score to a decision with the configured thresholds (inclusive lower bounds)."""
+    if score >= settings.block_threshold:
+        return "block"
+    if score >= settings.review_threshold:
+        return "review"
+    return "approve"
+
+
+@dataclass
+class WorkerStats:
+    consumed: int = 0
+    scored: int = 0
+    forwarded: int = 0
+    labels: int = 0
+    dead_lettered: int = 0
+    commits: int = 0
+    restored_records: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class Task:
+    """One stage on one partition: its store, its feature engine."""
+
+    def __init__(self, stage: Stage, partition: int, store: CachedStore) -> None:
+        self.stage = stage
+        self.partition = partition
+        self.store = store
+        self.engine = FeatureEngine(stage.features, store) if stage.features else None
+
+    def features(self, event: Any) -> dict[str, Any]:
+        return self.engine.process(event) if self.engine else {}
+
+
+class Worker:
+    """One worker process. ``run()`` processes until stopped."""
+
+    def __init__(self, settings: Settings, instance_id: str | None = None,
+                 feature_set: FeatureSet | None = None, scorer: Scorer | None = None,
+                 state_backend: str = "rocksdb") -> None:
+        self.settings = settings
+        self.instance_id = instance_id or settings.instance_id or socket.gethostname()
+        self.exactly_once = settings.processing_guarantee == "exactly_once"
+        self.topology = Topology.build(settings, feature_set or default_feature_set())
+        self.scorer: Scorer = scorer or HeuristicScorer()
+        self.state_backend = state_backend
+        self.state_root = Path(settings.state_dir) / settings.group_id / self.instance_id
+        self.stats = WorkerStats()
+        self._by_topic = self.topology.stage_for_topic()
+        self._tasks: dict[tuple[int, int], Task] = {}
+        self._to_restore: dict[tuple[int, int], TopicPartition] = {}
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._stop = False
+        self._signals = 0
+        self._in_txn = False
+        self._batch_records = 0
+        self._batch_started = 0.0
+        self._delivery_error: str | None = None
+
+        client = f"{settings.client_id}-{self.instance_id}"
+        self._consumer = Consumer(settings.consumer_config(settings.group_id,
+                                                           **{"client.id": client}))
+        extra: dict[str, Any] = {"client.id": client}
+        if self.exactly_once:
+            extra["transactional.id"] = f"{settings.group_id}-{self.instance_id}"
+            extra["transaction.timeout.ms"] = settings.transaction_timeout_ms
+        self._producer = Producer(settings.producer_config(**extra))
+
+    # ------------------------------------------------------------------ lifecycle
+    def request_stop(self, *_: Any) -> None:
+        """First call: finish the batch, commit, close. Second call: exit at once."""
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second stop signal: exiting without committing")
+            os._exit(130)
+        log.info("stop requested: finishing the current batch")
+        self._stop = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def ensure_topics(self) -> None:
+        """Create (or check) the project's and the topology's internal topics."""
+        ensure_topics(self.settings, project_topics(self.settings)
+                      + self.topology.internal_topics())
+
+    def run(self, exit_when_idle: float | None = None,
+            max_events: int | None = None) -> WorkerStats:
+        self.ensure_topics()
+        if self.exactly_once:
+            try:
+                self._producer.init_transactions(60)
+            except KafkaException as exc:
+                raise KafkaError(f"cannot initialise transactions: {exc.args[0].str()}") from None
+        topics = [st.input_topic for st in self.topology.stages] + [self.settings.topic_labels]
+        self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+        log.info("worker %s started (%s): stages %s", self.instance_id,
+                 self.settings.processing_guarantee,
+                 " -> ".join(f"{s.name}[{len(s.feature_names)}]" for s in self.topology.stages))
+        last_activity = time.monotonic()
+        batch = self.settings.poll_batch_size
+        try:
+            while not self._stop:
+                if self._to_restore:
+                    self._restore_pending()
+                    last_activity = time.monotonic()
+                msgs = self._consumer.consume(batch, 0.05)
+                if msgs:
+                    last_activity = time.monotonic()
+                    for msg in msgs:
+                        self._handle(msg)
+                elif (exit_when_idle is not None and not self._batch_records
+                      and time.monotonic() - last_activity >= exit_when_idle):
+                    log.info("idle for %.1fs: exiting", exit_when_idle)
+                    break
+                self._producer.poll(0)
+                if self._commit_due():
+                    self.commit()
+                if max_events is not None and self.stats.scored >= max_events:
+                    break
+            self.commit()
+            self._close_tasks(list(self._tasks), checkpoint=True)
+        finally:
+            self._shutdown_clients()
+        return self.stats
+
+    def _shutdown_clients(self) -> None:
+        try:
+            self._consumer.close()
+        finally:
+            self._producer.flush(30)
+            for task in self._tasks.values():  # only after an error: no checkpoint
+                task.store.close()
+            self._tasks.clear()
+            # The clients hold bound methods of this worker (callbacks): drop them so their
+            # connections close now rather than whenever the cycle collector runs.
+            del self._producer, self._consumer
+
+    # ------------------------------------------------------------------ processing
+    def _handle(self, msg: Message) -> None:
+        err = msg.error()
+        if err is not None:
+            if err.code() == _RdKafkaError._PARTITION_EOF:
+                return
+            if err.fatal():
+                raise KafkaError(f"consumer failed: {err.str()}")
+            log.warning("consumer: %s", err.str())
+            return
+        if self.exactly_once and not self._in_txn:
+            self._producer.begin_transaction()
+            self._in_txn = True
+        if not self._batch_records:
+            self._batch_started = time.monotonic()
+        self._batch_records += 1
+        self.stats.consumed += 1
+        topic, partition = msg.topic(), msg.partition()
+        self._offsets[(topic, partition)] = msg.offset() + 1
+        stage = self._by_topic.get(topic)
+        if stage is None:  # the labels topic
+            self._route_label(msg)
+            return
+        task = self._tasks.get((stage.index, partition))
+        if task is None:  # cannot happen while paused-until-restored holds; never drop silently
+            raise KafkaError(f"record from {topic}[{partition}] without an open task")
+        if stage.index == 0:
+            try:
+                event = decode_event(msg.value(), self.settings.max_message_bytes)
+            except DecodeError as exc:
+                self._dead_letter(msg, exc)
+                return
+            event_dict = event.to_dict()
+            self._advance(task, event_dict, {})
+            return
+        record = wire.loads(msg.value())
+        if _LABEL in record:
+            self.stats.labels += 1
+            label = record[_LABEL]
+            if task.engine is not None and stage.features is not None:
+                task.engine.process_label(label)
+            if stage is self.topology.last:
+                self.scorer.learn(label, task.store)
+            return
+        self._advance(task, record[_EVENT], record[_FEATURES])
+
+    def _advance(self, task: Task, event: dict[str, Any], upstream: dict[str, Any]) -> None:
+        """Compute this stage's features, then forward to the next stage or score."""
+        features = task.features(event)
+        if upstream:
+            merged = dict(upstream)
+            merged.update(features)
+        else:
+            merged = features
+        stages = self.topology.stages
+        if task.stage.index + 1 < len(stages):
+            nxt = stages[task.stage.index + 1]
+            key = event.get(nxt.key_field) or event["user_id"]
+            self._produce(nxt.input_topic, str(key).encode(),
+                          wire.dumps({_EVENT: event, _FEATURES: merged}))
+            self.stats.forwarded += 1
+            return
+        value, reasons = self.scorer.score(merged, event, task.store)
+        score = Score(event_id=event["event_id"], user_id=event["user_id"],
+                      merchant_id=event.get("merchant_id"), event_time=event["event_time"],
+                      score=value, decision=decide(value, self.settings),
+                      model_version=self.scorer.version, reasons=reasons,
+                      scored_at=time.time_ns() // 1_000_000)
+        self._produce(self.settings.topic_scores, event["user_id"].encode(), score.encode())
+        self.stats.scored += 1
+
+    def _route_label(self, msg: Message) -> None:
+        try:
+            label = decode_label(msg.value(), self.settings.max_message_bytes)
+        except DecodeError as exc:
+            self._dead_letter(msg, exc)
+            return
+        payload = wire.dumps({_LABEL: label.to_dict()})
+        for stage in self.topology.stages:
+            if stage.receives_labels and stage.index > 0:
+                key = getattr(label, stage.key_field, None) or label.merchant_id
+                self._produce(stage.input_topic, str(key).encode(), payload)
+        if len(self.topology.stages) == 1:
+            # A one-stage topology has no repartition topic: labels apply directly.
+            task = self._tasks.get((0, msg.partition()))
+            if task is not None:
+                self.scorer.learn(label.to_dict(), task.store)
+
+    def _dead_letter(self, msg: Message, error: DecodeError) -> None:
+        self.stats.dead_lettered += 1
+        reasons = self.stats.dead_letter_reasons
+        reasons[error.code] = reasons.get(error.code, 0) + 1
+        log.info("dead letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
+        self._produce(self.settings.topic_dead_letter, msg.key(), msg.value(),
+                      headers=dead_letter_headers(msg, error))
+
+    def _produce(self, topic: str, key: bytes | None, value: bytes | None,
+                 partition: int | None = None, headers: list | None = None) -> None:
+        # Record timestamps stay the produce time; event time is in the payload (see publisher).
+        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        if headers:
+            kwargs["headers"] = headers
+        while True:
+            try:
+                self._producer.produce(topic, value, key, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.05)  # wait for room; never drop an output
+
+    def _on_delivery(self, err: _RdKafkaError | None, msg: Message) -> None:
+        if err is not None:
+            log.error("delivery to %s failed: %s", msg.topic(), err.str())
+            self._delivery_error = err.str()
+
+    # ------------------------------------------------------------------ committing
+    def _commit_due(self) -> bool:
+        if not self._batch_records:
+            return False
+        return (self._batch_records >= self.settings.commit_every_records
+                or (time.monotonic() - self._batch_started) * 1000
+                >= self.settings.commit_interval_ms)
+
+    def _flush_changelogs(self) -> None:
+        for task in self._tasks.values():
+            changes = task.store.flush()
+            topic, partition = task.stage.changelog_topic, task.partition
+            for key, value in changes.items():
+                self._produce(topic, key, value, partition=partition)
+
+    def commit(self) -> None:
+        """Steps 3-5 of the commit protocol (see the module docstring)."""
+        if not self._batch_records and not self._in_txn:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+        if self.exactly_once:
+            try:
+                self._flush_changelogs()
+                self._producer.send_offsets_to_transaction(
+                    offsets, self._consumer.consumer_group_metadata(), 30)
+                self._producer.commit_transaction(60)
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.txn_requires_abort():
+                    try:
+                        self._producer.abort_transaction(30)
+                    except KafkaException:
+                        pass
+                self._in_txn = False
+                raise KafkaError(f"transaction failed ({err.str()}); state is past the last "
+                                 "commit, so the worker stops: restart it to resume") from None
+            self._in_txn = False
+        else:
+            self._flush_changelogs()
+            if self._producer.flush(60) or self._delivery_error:
+                raise KafkaError(f"outputs not all delivered ({self._delivery_error}); "
+                                 "offsets not committed")
+            if offsets:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+        self.stats.commits += 1
+        self._offsets.clear()
+        self._batch_records = 0
+
+    # ------------------------------------------------------------------ tasks and state
+    def _task_dir(self, stage: Stage, partition: int) -> Path:
+        return self.state_root / f"{stage.name}-{partition}"
+
+    def _open_task(self, stage: Stage, partition: int) -> Task:
+        path = self._task_dir(stage, partition)
+        checkpoint = path.with_suffix(".checkpoint")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        start = consume_checkpoint(checkpoint, stage.changelog_topic, partition)
+        if start is None and path.exists():
+            shutil.rmtree(path)  # no trustworthy checkpoint: rebuild from the changelog
+        store = open_store(self.state_backend, path, batch_size=1 << 30)
+        restored = self._restore(store, stage.changelog_topic, partition, start or 0)
+        self.stats.restored_records += restored
+        log.info("task %s-%d ready: %d changelog records restored from offset %d", stage.name,
+                 partition, restored, start or 0)
+        return Task(stage, partition, store)
+
+    def _restore(self, store: CachedStore, topic: str, partition: int, start: int) -> int:
+        restorer = Consumer(self.settings.consumer_config(
+            f"{self.settings.group_id}-restore",
+            **{"enable.partition.eof": True, "client.id": f"{self.settings.client_id}-restore"}))
+        count = 0
+        try:
+            low, high = restorer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                       timeout=30)
+            if high <= max(start, low):
+                return 0
+            restorer.assign([TopicPartition(topic, partition, max(start, low))])
+            puts: dict[bytes, bytes] = {}
+            deletes: set[bytes] = set()
+            done = False
+            while not done:
+                for msg in restorer.consume(5000, 1.0):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == _RdKafkaError._PARTITION_EOF:
+                            done = True
+                            continue
+                        raise KafkaError(f"restoring {topic}[{partition}]: {err.str()}")
+                    key, value = msg.key(), msg.value()
+                    count += 1
+                    if value is None:
+                        puts.pop(key, None)
+                        deletes.add(key)
+                    else:
+                        deletes.discard(key)
+                        puts[key] = value
+                if len(puts) + len(deletes) >= 50_000 or done:
+                    store.backend.write(puts, list(deletes))
+                    puts, deletes = {}, set()
+        finally:
+            restorer.close()
+        return count
+
+    def _restore_pending(self) -> None:
+        pending, self._to_restore = self._to_restore, {}
+        for (stage_index, partition), tp in pending.items():
+            stage = self.topology.stages[stage_index]
+            self._tasks[(stage_index, partition)] = self._open_task(stage, partition)
+            self._consumer.resume([tp])
+
+    def _close_tasks(self, keys: list[tuple[int, int]], checkpoint: bool) -> None:
+        for key in keys:
+            task = self._tasks.pop(key, None)
+            if task is None:
+                continue
+            task.store.close()
+            if checkpoint:
+                end = self._consumer.get_watermark_offsets(
+                    TopicPartition(task.stage.changelog_topic, task.partition), timeout=30)[1]
+                write_checkpoint(self._task_dir(task.stage, task.partition)
+                                 .with_suffix(".checkpoint"),
+                                 task.stage.changelog_topic, task.partition, end)
+
+    # ------------------------------------------------------------------ rebalancing
+    # Callbacks stay short: pause new partitions (restored later in the main loop); commit and
+    # close the ones that leave.
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        consumer.incremental_assign(partitions)
+        to_pause = []
+        for tp in partitions:
+            stage = self._by_topic.get(tp.topic)
+            if stage is not None:
+                self._to_restore[(stage.index, tp.partition)] = TopicPartition(tp.topic,
+                                                                               tp.partition)
+                to_pause.append(tp)
+        if to_pause:
+            consumer.pause(to_pause)
+        log.info("assigned %s", _describe(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.commit()
+        keys = []
+        for tp in partitions:
+            stage = self._by_topic.get(tp.topic)
+            if stage is not None:
+                self._to_restore.pop((stage.index, tp.partition), None)
+                keys.append((stage.index, tp.partition))
+        self._close_tasks(keys, checkpoint=True)
+        log.info("revoked %s", _describe(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if self._in_txn:
+            raise KafkaError("partitions lost with a transaction open; the worker stops so a "
+                             "restart restores committed state")
+        keys = []
+        for tp in partitions:
+            stage = self._by_topic.get(tp.topic)
+            if stage is not None:
+                self._to_restore.pop((stage.index, tp.partition), None)
+                keys.append((stage.index, tp.partition))
+        self._close_tasks(keys, checkpoint=False)
+        log.warning("lost %s", _describe(partitions))
+
+
+def _describe(partitions: list[TopicPartition]) -> str:
+    by_topic: dict[str, list[int]] = {}
+    for tp in partitions:
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    return ", ".join(f"{t}{sorted(p)}" for t, p in sorted(by_topic.items())) or "nothing"

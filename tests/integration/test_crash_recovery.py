@@ -1,0 +1,111 @@
+"""Exactly-once under SIGKILL: workers killed at random points, restarted, compared with a reference.
+
+The reference is an uninterrupted in-process run over the same input into its own scores topic.
+The crash run is a real ``fraudstream worker`` process killed with SIGKILL several times and
+restarted; state is restored from the changelog (no checkpoint survives a kill). The committed
+scores must hold exactly one score per event, each equal to the reference's.
+
+Both stages read one partition here, so the order in which the merchant stage sees events is the
+same in every run and exact score equality is a fair demand; with several upstream partitions
+that order depends on timing (see docs/runtime.md).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from stream.demo import generate_events
+from stream.events import decode_score
+from stream.publisher import EventPublisher
+from stream.runtime import Worker
+from stream.topics import ensure_topics
+from tests.conftest import ROOT
+from tests.kafka_util import read_topic
+
+N_EVENTS = 50_000
+
+
+def _env(s, group: str, state_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
+    env.update({
+        "FRAUDSTREAM_BOOTSTRAP_SERVERS": s.bootstrap_servers,
+        "FRAUDSTREAM_TOPIC_EVENTS": s.topic_events,
+        "FRAUDSTREAM_TOPIC_LABELS": s.topic_labels,
+        "FRAUDSTREAM_TOPIC_SCORES": s.topic_scores,
+        "FRAUDSTREAM_TOPIC_DEAD_LETTER": s.topic_dead_letter,
+        "FRAUDSTREAM_PARTITIONS": str(s.partitions),
+        "FRAUDSTREAM_GROUP_ID": group,
+        "FRAUDSTREAM_STATE_DIR": str(state_dir),
+        "FRAUDSTREAM_TRANSACTION_TIMEOUT_MS": "10000",
+        # A killed member holds its partitions until its session times out: keep that short.
+        "FRAUDSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000",
+        "FRAUDSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
+    })
+    return env
+
+
+def _scores(s, topic: str, expected: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {}
+    for m in read_topic(s, topic, expected=expected, timeout=240, idle=3):
+        sc = decode_score(m.value())
+        out.setdefault(sc.event_id, []).append(sc.score)
+    return out
+
+
+def test_sigkill_at_random_points_gives_exactly_once_and_reference_scores(kafka_settings,
+                                                                          tmp_path: Path):
+    rng = random.Random(20261128)
+    base = kafka_settings.replace(partitions=1)
+    ensure_topics(base)
+    events = generate_events(N_EVENTS, seed=11, id_prefix="crash")
+    with EventPublisher(base) as pub:
+        for e in events:
+            pub.publish(e)
+
+    reference = base.replace(group_id=base.group_id + "-ref",
+                             topic_scores=base.topic_scores + "-ref",
+                             state_dir=str(tmp_path / "ref-state"))
+    ensure_topics(reference)
+    stats = Worker(reference, instance_id="ref").run(exit_when_idle=5)
+    assert stats.scored == N_EVENTS
+    expected = _scores(reference, reference.topic_scores, N_EVENTS)
+
+    env = _env(base, base.group_id + "-crash", tmp_path / "crash-state")
+    cmd = [sys.executable, "-m", "stream", "worker", "--instance-id", "c1"]
+    kills = 0
+    log_path = tmp_path / "worker.log"
+    with log_path.open("ab") as log:
+        for _ in range(4):
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+            time.sleep(rng.uniform(3.0, 9.0))
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                kills += 1
+            proc.wait()
+        final = subprocess.Popen(cmd + ["--exit-when-idle", "8"], env=env, stdout=log,
+                                 stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            assert final.wait(600) == 0, log_path.read_text()[-3000:]
+        finally:
+            if final.poll() is None:
+                final.kill()
+                final.wait()
+    assert kills >= 3, "the worker finished before it could be killed: make the stream longer"
+    text = log_path.read_text()
+    restored = [int(n) for n in re.findall(r"(\d+) changelog records restored", text)]
+    assert any(n > 0 for n in restored), "no restart restored state from the changelog"
+
+    got = _scores(base, base.topic_scores, N_EVENTS)
+    duplicates = {k: v for k, v in got.items() if len(v) != 1}
+    assert not duplicates, f"{len(duplicates)} events scored more than once"
+    assert set(got) == set(expected) == {e["event_id"] for e in events}
+    mismatched = [k for k in expected if got[k][0] != expected[k][0]]
+    assert not mismatched, (f"{len(mismatched)} scores differ from the reference, e.g. "
+                            f"{mismatched[0]}: {got[mismatched[0]]} vs {expected[mismatched[0]]}")
