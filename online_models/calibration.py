@@ -4,7 +4,9 @@
 b)``. Labels fold ``(logit(raw), y)`` into fixed bins of the raw logit (count, positives, sum of
 logits per bin: sufficient statistics, so learning is O(1)); every ``refit_every`` labels ``a`` and
 ``b`` are refitted by a few Newton steps over the bins, using Platt's smoothed targets
-``(n+ + 1) / (n+ + 2)`` and ``1 / (n- + 2)`` so separable data cannot push them to infinity. Until
+``(n+ + 1) / (n+ + 2)`` and ``1 / (n- + 2)`` so separable data cannot push them to infinity, a
+ridge penalty ``slope_l2 * (a - 1)**2 / 2`` (an untrained model's scores barely vary and any slope
+would fit that noise) and ``a >= min_slope > 0``, so calibration never inverts the ranking. Until
 ``min_labels`` labels (with both classes) have been seen, the raw score passes through. Scores the
 models inflate on purpose (class weighting, under-sampling) are mapped back to frequencies. An
 optional ``decay`` (< 1) multiplies the bins at each refit so the calibration follows drift.
@@ -59,12 +61,14 @@ class PlattCalibrator:
     """Online Platt scaling over binned sufficient statistics (see the module docstring)."""
 
     def __init__(self, n_bins: int = 64, lo: float = -12.0, hi: float = 12.0,
-                 refit_every: int = 64, min_labels: int = 100, decay: float = 1.0) -> None:
+                 refit_every: int = 64, min_labels: int = 100, decay: float = 1.0,
+                 slope_l2: float = 10.0, min_slope: float = 1e-3) -> None:
         if n_bins < 2 or hi <= lo or refit_every < 1 or not 0.0 < decay <= 1.0:
             raise ModelConfigError("calibrator: need n_bins >= 2, hi > lo, refit_every >= 1, "
                                    "0 < decay <= 1")
         self.n_bins, self.lo, self.hi = n_bins, lo, hi
         self.refit_every, self.min_labels, self.decay = refit_every, min_labels, decay
+        self.slope_l2, self.min_slope = slope_l2, min_slope
         self.count = [0.0] * n_bins
         self.pos = [0.0] * n_bins
         self.zsum = [0.0] * n_bins
@@ -116,14 +120,17 @@ class PlattCalibrator:
                 haa += w * z * z
                 hab += w * z
                 hbb += w
-            haa += 1e-6
+            # Ridge pull of the slope towards 1 (identity): keeps it sane while the raw scores
+            # barely vary (an untrained model), where any slope fits the noise.
+            ga += self.slope_l2 * (a - 1.0)
+            haa += self.slope_l2
             hbb += 1e-6
             det = haa * hbb - hab * hab
             if det <= 0.0:
                 break
             da = (hbb * ga - hab * gb) / det
             db = (haa * gb - hab * ga) / det
-            a -= da
+            a = max(self.min_slope, a - da)  # never invert the ranking
             b -= db
             if abs(da) < 1e-9 and abs(db) < 1e-9:
                 break

@@ -92,26 +92,27 @@ class Snapshot:
     merchant_id: str | None
     event_time: int
     vector: dict
-    raw: float                      # blended raw score that was calibrated
-    score: float                    # calibrated score that was decided on
+    raw: float                      # the global model's raw score (what its calibrator learns)
+    score: float                    # final score that was decided on
     global_version: str
     raw_global: float = 0.0
-    raw_merchant: float | None = None
+    raw_merchant: float | None = None  # merchant model's calibrated score, if it was used
     merchant_n: int = 0             # labels the merchant model had learned at scoring time
     challenger_version: str | None = None
     challenger_vector: dict | None = None
     challenger_raw: float | None = None
+    p_global: float | None = None   # the global model's calibrated score
 
     def to_list(self) -> list:
         return [self.event_time, self.event_id, self.merchant_id, self.vector, self.raw,
                 self.score, self.global_version, self.raw_global, self.raw_merchant,
                 self.merchant_n, self.challenger_version, self.challenger_vector,
-                self.challenger_raw]
+                self.challenger_raw, self.p_global]
 
     @classmethod
     def from_list(cls, v: list) -> "Snapshot":
         return cls(v[1], v[2], v[0], v[3], v[4], v[5], v[6], v[7], v[8], v[9], v[10], v[11],
-                   v[12])
+                   v[12], v[13])
 
 
 @dataclass(slots=True)

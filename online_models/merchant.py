@@ -9,6 +9,11 @@ that merchant's labelled events from the first label on. It is *used* only once 
 where ``n`` is the number of labels the merchant model has learned and ``k`` (``half_trust``) is
 the count at which both models get equal weight. Below N, ``raw = global``. The weight grows with
 the evidence behind the merchant model and never reaches 1, so the global model keeps a say.
+Both scores are *calibrated* probabilities before they are blended (the global model by the
+global calibrator, each merchant model by its own small :class:`PlattCalibrator`), since raw
+scores of different models are on different scales. The merchant calibrator learns, per label,
+the merchant model's prediction made just before it learns that label (a prequential
+prediction: the model has not seen the example yet).
 
 State: :class:`MerchantModels` keeps each merchant's :class:`MerchantModel` in a :class:`KeyValue`
 under ``b"mm:" + merchant_id`` as ``[last_event_time, pickle_bytes]`` (plain list, event time
@@ -40,6 +45,7 @@ import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
 
+from online_models.calibration import PlattCalibrator
 from online_models.exceptions import ModelConfigError
 from online_models.labels import KeyValue
 from online_models.registry import FraudModel, build
@@ -69,11 +75,13 @@ class BlendRule:
 class MerchantModel:
     """One merchant's model and how many labels it has learned."""
 
-    __slots__ = ("merchant_id", "model", "n", "last_event_time")
+    __slots__ = ("merchant_id", "model", "calibrator", "n", "last_event_time")
 
-    def __init__(self, merchant_id: str, model: FraudModel) -> None:
+    def __init__(self, merchant_id: str, model: FraudModel, min_labels: int = 50) -> None:
         self.merchant_id = merchant_id
         self.model = model
+        self.calibrator = PlattCalibrator(n_bins=24, refit_every=32,
+                                          min_labels=min(50, min_labels))
         self.n = 0
         self.last_event_time = 0
 
@@ -82,10 +90,10 @@ class MerchantModel:
         return f"{self.model.version}/{self.merchant_id}/{self.n}"
 
     def __getstate__(self) -> tuple:
-        return (self.merchant_id, self.model, self.n, self.last_event_time)
+        return (self.merchant_id, self.model, self.calibrator, self.n, self.last_event_time)
 
     def __setstate__(self, st: tuple) -> None:
-        self.merchant_id, self.model, self.n, self.last_event_time = st
+        self.merchant_id, self.model, self.calibrator, self.n, self.last_event_time = st
 
 
 class MerchantModels:
@@ -129,18 +137,19 @@ class MerchantModels:
                     [m.last_event_time, pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)])
 
     def score(self, merchant_id: str, v: dict) -> tuple[float, int, str] | None:
-        """``(raw merchant score, n, version)`` if the model is trusted (``n >= N``), else None."""
+        """``(calibrated merchant score, n, version)`` if trusted (``n >= N``), else ``None``."""
         m = self.get(merchant_id)
         if m is None or m.n < self.rule.min_labels:
             return None
-        return m.model.score_one(v), m.n, m.version
+        return m.calibrator.predict_one(m.model.score_one(v)), m.n, m.version
 
     def learn(self, merchant_id: str, v: dict, y: bool, event_time: int) -> MerchantModel:
         """Learn one label and write the model through to the store."""
         m = self.get(merchant_id)
         if m is None:
-            m = MerchantModel(merchant_id, build(self.spec, self.seed))
+            m = MerchantModel(merchant_id, build(self.spec, self.seed), self.rule.min_labels)
             self._remember(m)
+        m.calibrator.learn_one(m.model.score_one(v), y)
         m.model.learn_one(v, y)
         m.n += 1
         m.last_event_time = max(m.last_event_time, event_time)

@@ -1,0 +1,214 @@
+"""Progressive-validation quality metrics and drift detection on the loss.
+
+Every label is scored *before* the model learns from it (the score stored at scoring time), so
+these are progressive-validation (prequential) figures. Per model and per merchant a
+:class:`QualityWindow` keeps the last ``size`` ``(score, label)`` pairs; the ranking metrics are
+computed exactly over that window when read (O(n log n) on read, O(1) per label):
+
+- ROC AUC: Mann-Whitney with mid-ranks for tied scores (:func:`roc_auc`);
+- average precision: ``sum_n (R_n - R_{n-1}) * P_n`` over the distinct score thresholds, highest
+  first, ties grouped (scikit-learn's definition, :func:`average_precision`);
+- precision and recall at a review budget: the top ``ceil(budget * n)`` scores are flagged, ties
+  broken by arrival order, earlier first (:func:`precision_recall_at_budget`).
+
+Cumulative log loss uses ``river.metrics.LogLoss``; label delays use ``river.stats`` (mean, P²
+median and 95th percentile). Drift: ``river.drift.ADWIN`` watches each model's per-label log loss;
+when it fires, :meth:`QualityMonitor.update` returns a :class:`DriftRecord` for the I/O layer to
+publish, and counts it.
+
+>>> roc_auc([0.9, 0.8, 0.7, 0.6], [True, False, True, False])
+0.75
+>>> average_precision([0.9, 0.8, 0.7, 0.6], [True, False, True, False])
+0.8333333333333333
+>>> precision_recall_at_budget([0.9, 0.8, 0.7, 0.6], [True, False, True, False], budget=0.5)
+(0.5, 0.5)
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Sequence
+
+from river import drift, metrics, stats
+
+__all__ = ["roc_auc", "average_precision", "precision_recall_at_budget", "QualityWindow",
+           "DriftRecord", "DelayStats", "QualityMonitor"]
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Exact ROC AUC with mid-ranks for ties; ``None`` unless both classes are present."""
+    n_pos = sum(1 for y in labels if y)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = sorted(range(len(scores)), key=scores.__getitem__)
+    rank_sum = 0.0
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        mid = (i + j) / 2.0 + 1.0  # ranks are 1-based
+        rank_sum += mid * sum(1 for t in range(i, j + 1) if labels[order[t]])
+        i = j + 1
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def average_precision(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
+    """Average precision (ties grouped); ``None`` without positives."""
+    n_pos = sum(1 for y in labels if y)
+    if n_pos == 0:
+        return None
+    order = sorted(range(len(scores)), key=scores.__getitem__, reverse=True)
+    ap = 0.0
+    tp = seen = 0
+    prev_recall = 0.0
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        for t in range(i, j + 1):
+            seen += 1
+            if labels[order[t]]:
+                tp += 1
+        recall = tp / n_pos
+        ap += (recall - prev_recall) * (tp / seen)
+        prev_recall = recall
+        i = j + 1
+    return ap
+
+
+def precision_recall_at_budget(scores: Sequence[float], labels: Sequence[bool],
+                               budget: float = 0.01) -> tuple[float | None, float | None]:
+    """Precision and recall when the top ``ceil(budget * n)`` scores are reviewed."""
+    n = len(scores)
+    if n == 0:
+        return None, None
+    k = max(1, math.ceil(budget * n - 1e-9))
+    order = sorted(range(n), key=lambda i: (-scores[i], i))[:k]
+    tp = sum(1 for i in order if labels[i])
+    n_pos = sum(1 for y in labels if y)
+    return tp / k, (tp / n_pos if n_pos else None)
+
+
+class QualityWindow:
+    """The last ``size`` ``(score, label)`` pairs of one model (or merchant), plus totals."""
+
+    def __init__(self, size: int = 10_000, budget: float = 0.01) -> None:
+        self.size = size
+        self.budget = budget
+        self._scores: deque[float] = deque(maxlen=size)
+        self._labels: deque[bool] = deque(maxlen=size)
+        self.logloss = metrics.LogLoss()
+        self.n = 0
+        self.n_pos = 0
+
+    def update(self, score: float, y: bool) -> None:
+        self._scores.append(score)
+        self._labels.append(y)
+        self.logloss.update(y, score)
+        self.n += 1
+        self.n_pos += bool(y)
+
+    def report(self) -> dict:
+        s, y = list(self._scores), list(self._labels)
+        precision, recall = precision_recall_at_budget(s, y, self.budget)
+        return {"n": self.n, "n_pos": self.n_pos, "window": len(s),
+                "roc_auc": roc_auc(s, y), "average_precision": average_precision(s, y),
+                "budget": self.budget, "precision_at_budget": precision,
+                "recall_at_budget": recall, "log_loss": self.logloss.get()}
+
+
+@dataclass(frozen=True)
+class DriftRecord:
+    """ADWIN detected a change in a model's loss (for the I/O layer to publish)."""
+
+    model: str
+    n_labels: int           # labels this model had been evaluated on when drift was detected
+    event_time: int         # of the label's event
+    label_time: int
+    loss_estimate: float    # ADWIN's mean loss over its (shrunk) window
+    window: int
+
+    def to_dict(self) -> dict:
+        return {"kind": "drift", "model": self.model, "n_labels": self.n_labels,
+                "event_time": self.event_time, "label_time": self.label_time,
+                "loss_estimate": self.loss_estimate, "window": self.window}
+
+
+class DelayStats:
+    """Label delay (label time minus event time), in milliseconds."""
+
+    def __init__(self) -> None:
+        self.mean = stats.Mean()
+        self.p50 = stats.Quantile(0.5)
+        self.p95 = stats.Quantile(0.95)
+        self.max = 0
+
+    def update(self, delay_ms: int) -> None:
+        self.mean.update(delay_ms)
+        self.p50.update(delay_ms)
+        self.p95.update(delay_ms)
+        self.max = max(self.max, delay_ms)
+
+    def report(self) -> dict:
+        n = self.mean.n
+        return {"n": int(n), "mean_ms": self.mean.get() if n else None,
+                "p50_ms": self.p50.get() if n else None, "p95_ms": self.p95.get() if n else None,
+                "max_ms": self.max if n else None}
+
+
+def _log_loss(p: float, y: bool) -> float:
+    p = min(1.0 - 1e-15, max(1e-15, p))
+    return -math.log(p if y else 1.0 - p)
+
+
+class QualityMonitor:
+    """Windows per model and per merchant, label delays, and ADWIN per model on the loss."""
+
+    def __init__(self, budget: float = 0.01, window: int = 10_000, merchant_window: int = 2_000,
+                 drift_delta: float = 0.002) -> None:
+        self.budget = budget
+        self.window = window
+        self.merchant_window = merchant_window
+        self.drift_delta = drift_delta
+        self.models: dict[str, QualityWindow] = {}
+        self.merchants: dict[str, QualityWindow] = {}
+        self.delay = DelayStats()
+        self._adwin: dict[str, drift.ADWIN] = {}
+        self.drifts: list[DriftRecord] = []
+
+    def update_model(self, model: str, score: float, y: bool, event_time: int,
+                     label_time: int) -> DriftRecord | None:
+        """Fold one label into ``model``'s window and drift detector."""
+        w = self.models.get(model)
+        if w is None:
+            w = self.models[model] = QualityWindow(self.window, self.budget)
+            self._adwin[model] = drift.ADWIN(delta=self.drift_delta)
+        w.update(score, y)
+        adwin = self._adwin[model]
+        adwin.update(_log_loss(score, y))
+        if adwin.drift_detected:
+            rec = DriftRecord(model, w.n, event_time, label_time, float(adwin.estimation),
+                              int(adwin.width))
+            self.drifts.append(rec)
+            del self.drifts[:-100]  # keep the latest; the I/O layer publishes them as they come
+            return rec
+        return None
+
+    def update_merchant(self, merchant_id: str, score: float, y: bool) -> None:
+        w = self.merchants.get(merchant_id)
+        if w is None:
+            w = self.merchants[merchant_id] = QualityWindow(self.merchant_window, self.budget)
+        w.update(score, y)
+
+    def report(self, merchants: bool = True) -> dict:
+        out = {"models": {k: w.report() for k, w in self.models.items()},
+               "label_delay": self.delay.report(),
+               "drift_detections": {k: a.n_detections for k, a in self._adwin.items()}}
+        if merchants:
+            out["merchants"] = {k: w.report() for k, w in self.merchants.items()}
+        return out
