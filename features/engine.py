@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable, Mapping
 from features.definitions import (EVENT_AGGREGATIONS, LABEL_AGGREGATIONS, VALUE_AGGREGATIONS,
                                   Feature, FeatureSet)
 from features.exceptions import FeatureError
-from features.rings import BUCKET_HEAD, V_WIDTH, RingSpec
+from features.rings import BUCKET_HEAD, V_WIDTH, RingSpec, sampled
 from features.store import DictStore, StateStore
 
 __all__ = ["FeatureEngine", "EngineStats", "INDEX_PREFIX"]
@@ -35,6 +35,7 @@ __all__ = ["FeatureEngine", "EngineStats", "INDEX_PREFIX"]
 #: Key prefix of the label index (event id -> event time and the entity keys it was folded into).
 INDEX_PREFIX = b"\x00ix/"
 _KEY_SEP = "\x1f"
+_EMPTY: tuple = ()
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 # Variances below this fraction of the mean square are rounding noise (sum-of-squares formula).
@@ -58,7 +59,7 @@ class _Group:
     """Features sharing one entity key and event-type filter: one state object per entity."""
 
     __slots__ = ("index", "entity", "types", "prefix", "specs", "ring_readers", "prev_readers",
-                 "last_fields", "vfields", "dfields", "label_rings", "single")
+                 "last_fields", "vfields", "dfields", "label_rings", "single", "plan")
 
     def __init__(self, index: int, entity: tuple[str, ...], types: tuple[str, ...]) -> None:
         self.index = index
@@ -66,7 +67,8 @@ class _Group:
         self.single = entity[0] if len(entity) == 1 else None
         self.types = frozenset(types) if types else None
         self.specs: list[RingSpec] = []
-        self.ring_readers: list[list[tuple[str, Reader]]] = []
+        self.ring_readers: list[tuple[Callable, Callable]] = []
+        self.plan: list[tuple] = []
         self.prev_readers: list[tuple[str, int]] = []   # (name, -1 = time since last | field idx)
         self.last_fields: list[str] = []
         self.vfields: list[tuple[str, ...]] = []
@@ -155,8 +157,7 @@ class FeatureEngine:
             g.specs.append(spec)
             g.vfields.append(tuple(r["values"]))
             g.dfields.append(tuple(r["distinct"]))
-            g.ring_readers.append([(f.name, _ring_reader(f, spec, r["values"], r["distinct"]))
-                                   for f in r["features"]])
+            g.ring_readers.append(_compile_ring(r["features"], spec, r["values"], r["distinct"]))
         fields = {"event_time", "event_type", "event_id"}
         for g in groups.values():
             layout = repr((g.entity, sorted(g.types or ()), g.last_fields,
@@ -173,6 +174,8 @@ class FeatureEngine:
             if f.field:
                 fields.add(f.field)
         self._groups = list(groups.values())
+        for g in self._groups:
+            g.plan = [(i, *g.ring_readers[i]) for i in range(len(g.specs))]
         self._fields = tuple(sorted(fields))
         self._numeric = tuple(sorted({name for g in groups.values() for vf in g.vfields
                                       for name in vf}))
@@ -240,7 +243,7 @@ class FeatureEngine:
                 out[name] = (t - prev_t) / 1000.0 if t > prev_t else 0.0
         late = prev_t >= 0 and t < prev_t - self._grace
         folds = not late and (g.types is None or vals["event_type"] in g.types)
-        specs, rings = g.specs, st[2]
+        rings = st[2]
         if folds:
             if t >= prev_t:
                 st[0] = t
@@ -248,20 +251,12 @@ class FeatureEngine:
                 for i, name in enumerate(g.last_fields):
                     last[i] = vals[name]
             max_t = st[0]
-            for i, spec in enumerate(specs):
-                ring = rings[i]
-                spec.advance(ring, max_t)
-                spec.fold(ring, t, [vals[f] for f in g.vfields[i]],
-                          [vals[f] for f in g.dfields[i]])
-            read_t = t
+            for i, step, view in g.plan:
+                step(rings[i], t, max_t, vals, out)
         else:
             read_t = prev_t if late else t
-        for i, spec in enumerate(specs):
-            ring = rings[i]
-            row = spec.read(ring, read_t)
-            levels = ring[3]
-            for name, read in g.ring_readers[i]:
-                out[name] = read(row, levels, vals)
+            for i, step, view in g.plan:
+                view(rings[i], read_t, vals, out)
         if folds:
             self.store.put(key, st)
             if index is not None and g.label_rings:
@@ -349,42 +344,136 @@ def _mean_std(n: int, s: float, q: float) -> tuple[float, float]:
     return mean, sqrt(var)
 
 
-def _ring_reader(f: Feature, spec: RingSpec, values: list[str], distinct: list[str]) -> Reader:
-    agg = f.agg
-    if agg == "count":
-        return lambda row, lv, vals: row[0]
-    if agg == "fraud_count":
-        return lambda row, lv, vals: row[2]
-    if agg == "fraud_rate":
-        return lambda row, lv, vals: row[2] / row[1] if row[1] else 0.0
-    if agg == "distinct":
-        k = distinct.index(f.field)
-        o = spec.doffs[k]
-        return lambda row, lv, vals: len(row[o]) << lv[k]
-    o = BUCKET_HEAD + V_WIDTH * values.index(f.field)
-    name = f.field
-    if agg == "sum":
-        return lambda row, lv, vals: row[o + 1]
-    if agg == "mean":
-        return lambda row, lv, vals: row[o + 1] / row[o] if row[o] else 0.0
-    if agg == "std":
-        return lambda row, lv, vals: _mean_std(row[o], row[o + 1], row[o + 2])[1]
-    if agg == "min":
-        return lambda row, lv, vals: row[o + 3] if row[o + 3] != inf else 0.0
-    if agg == "max":
-        return lambda row, lv, vals: row[o + 4] if row[o + 4] != -inf else 0.0
-    if agg == "ratio_to_mean":
-        def ratio(row: list, lv: list, vals: dict) -> float:
-            v, n = vals[name], row[o]
-            if v is None or not n or not row[o + 1]:
-                return 0.0
-            return v * n / row[o + 1]
-        return ratio
+def _std(n: int, s: float, q: float) -> float:
+    return _mean_std(n, s, q)[1]
 
-    def zscore(row: list, lv: list, vals: dict) -> float:
-        v = vals[name]
-        if v is None:
-            return 0.0
-        mean, std = _mean_std(row[o], row[o + 1], row[o + 2])
-        return (v - mean) / std if std else 0.0
-    return zscore
+
+def _zscore(v: float | None, n: int, s: float, q: float) -> float:
+    if v is None:
+        return 0.0
+    mean, std = _mean_std(n, s, q)
+    return (v - mean) / std if std else 0.0
+
+
+def _ratio(v: float | None, n: int, s: float) -> float:
+    if v is None or not n or not s:
+        return 0.0
+    return v * n / s
+
+
+_READER_GLOBALS = {"_std": _std, "_zscore": _zscore, "_ratio": _ratio, "inf": inf}
+
+
+def _compile_ring(features: list[Feature], spec: RingSpec, values: list[str],
+                  distinct: list[str]) -> tuple[Callable, Callable]:
+    """Generate ``step`` (advance, fold one event, write features) and ``view`` (write features
+    as seen from a time without folding) for one ring.
+
+    The generic logic lives in :class:`~features.rings.RingSpec`; this inlines its in-order
+    fast path with the ring's constants and writes every feature of the ring in the same call,
+    which is what keeps the engine within its per-event budget in CPython. The property tests
+    hold both paths to the brute-force reference. Names are identifiers; fields go through
+    ``repr``.
+    """
+    readers = []
+    for f in features:
+        name, agg = repr(f.name), f.agg
+        if agg == "count":
+            expr = "row[0]"
+        elif agg == "fraud_count":
+            expr = "row[2]"
+        elif agg == "fraud_rate":
+            expr = "row[2] / row[1] if row[1] else 0.0"
+        elif agg == "distinct":
+            k = distinct.index(f.field)
+            expr = f"len(row[{spec.doffs[k]}]) << ring[3][{k}]"
+        else:
+            o = BUCKET_HEAD + V_WIDTH * values.index(f.field)
+            n, s, q, lo, hi = o, o + 1, o + 2, o + 3, o + 4
+            v = f"vals[{f.field!r}]"
+            expr = {
+                "sum": f"row[{s}]",
+                "mean": f"row[{s}] / row[{n}] if row[{n}] else 0.0",
+                "std": f"_std(row[{n}], row[{s}], row[{q}])",
+                "min": f"row[{lo}] if row[{n}] else 0.0",
+                "max": f"row[{hi}] if row[{n}] else 0.0",
+                "ratio_to_mean": f"_ratio({v}, row[{n}], row[{s}])",
+                "zscore": f"_zscore({v}, row[{n}], row[{s}], row[{q}])",
+            }[agg]
+        readers.append(f"    out[{name}] = {expr}")
+
+    view = ["def view(ring, t, vals, out):", "    row = spec.read(ring, t)", *readers]
+    step = ["def step(ring, t, max_t, vals, out):"]
+    if spec.lifetime:
+        step += ["    row = run = ring[2]", "    run[0] += 1"]
+    else:
+        step += [f"    if max_t // {spec.res} > ring[0]:",
+                 "        advance(ring, max_t)",
+                 f"    b = t // {spec.res}",
+                 "    bk = ring[1]",
+                 "    bucket = bk.get(b)",
+                 "    if bucket is None:",
+                 "        bk[b] = bucket = template[:]"]
+        step += [f"        bucket[{o}] = set()" for o in spec.doffs]
+        step += ["    head = ring[0]",
+                 "    run = ring[2]",
+                 "    bucket[0] += 1",
+                 f"    inrun = head - {spec.d + spec.n} < b <= head - {spec.d}",
+                 "    if inrun:",
+                 "        run[0] += 1"]
+    for j, fname in enumerate(values):
+        o = spec.voffs[j]
+        step += [f"    v = vals[{fname!r}]", "    if v is not None:", "        sq = v * v"]
+        if spec.lifetime:
+            step += [f"        run[{o}] += 1", f"        run[{o + 1}] += v",
+                     f"        run[{o + 2}] += sq",
+                     f"        if v < run[{o + 3}]:", f"            run[{o + 3}] = v",
+                     f"        if v > run[{o + 4}]:", f"            run[{o + 4}] = v"]
+        else:
+            step += [f"        bucket[{o}] += 1", f"        bucket[{o + 1}] += v",
+                     f"        bucket[{o + 2}] += sq",
+                     f"        if v < bucket[{o + 3}]:", f"            bucket[{o + 3}] = v",
+                     f"        if v > bucket[{o + 4}]:", f"            bucket[{o + 4}] = v",
+                     "        if inrun:", f"            run[{o}] += 1",
+                     f"            run[{o + 1}] += v", f"            run[{o + 2}] += sq",
+                     f"            if run[{o + 3}] is not None:",
+                     f"                if v < run[{o + 3}]:", f"                    run[{o + 3}] = v",
+                     f"                if v > run[{o + 4}]:", f"                    run[{o + 4}] = v"]
+    for k, fname in enumerate(distinct):
+        o = spec.doffs[k]
+        step += [f"    v = vals[{fname!r}]", "    if v is not None:"]
+        if spec.lifetime:
+            step += [f"        m = run[{o}]",
+                     f"        if v not in m and (not ring[3][{k}] or sampled(v, ring[3][{k}])):",
+                     "            m[v] = 1",
+                     f"            if len(m) > {spec.capacity}:",
+                     f"                raise_level(ring, {k})"]
+        else:
+            step += [f"        s = bucket[{o}]",
+                     f"        if v not in s and (not ring[3][{k}] or sampled(v, ring[3][{k}])):",
+                     "            s.add(v)",
+                     "            if inrun:",
+                     f"                m = run[{o}]",
+                     "                m[v] = m.get(v, 0) + 1",
+                     f"                if len(m) > {spec.capacity}:",
+                     f"                    raise_level(ring, {k})",
+                     "                    run = ring[2]",
+                     f"            elif len(s) > {spec.capacity}:",
+                     f"                raise_level(ring, {k})",
+                     "                run = ring[2]"]
+    if not spec.lifetime:
+        if spec.minmax:
+            step.append("    row = ring[2] if b == ring[0] and None not in ring[2] "
+                        "else spec.read(ring, t)")
+        else:
+            step.append("    row = ring[2] if b == ring[0] else spec.read(ring, t)")
+    elif distinct:
+        step.append("    row = ring[2]")
+    step += readers
+    namespace = {"_std": _std, "_zscore": _zscore, "_ratio": _ratio, "spec": spec,
+                 "advance": spec.advance, "raise_level": spec._raise_level,
+                 "template": spec.template, "sampled": sampled}
+    source = "\n".join(step) + "\n\n" + "\n".join(view)
+    where = f"<features ring {'/'.join(f.name for f in features)[:60]}>"
+    exec(compile(source, where, "exec"), namespace)  # noqa: S102
+    return namespace["step"], namespace["view"]

@@ -54,7 +54,7 @@ class RingSpec:
     """The layout and window of one ring; the functions that fold into and read from it."""
 
     __slots__ = ("n", "d", "res", "lifetime", "nv", "nd", "voffs", "doffs", "width", "capacity",
-                 "minmax", "grace")
+                 "minmax", "grace", "template")
 
     def __init__(self, length_ms: int, delay_ms: int, res_ms: int, n_values: int, n_distinct: int,
                  minmax: bool, capacity: int, grace_ms: int) -> None:
@@ -69,23 +69,24 @@ class RingSpec:
         self.minmax = minmax
         self.capacity = capacity
         self.grace = grace_ms
+        row: list = [0, 0, 0]
+        for _ in range(n_values):
+            row += (0, 0.0, 0.0, inf, -inf)
+        self.template = row + [None] * n_distinct
 
     # ------------------------------------------------------------------ construction
     def new_ring(self) -> list:
         return [-1, {}, self._zeros(dict), [0] * self.nd]
 
     def _zeros(self, distinct_type: type) -> list:
-        row: list = [0, 0, 0]
-        for _ in range(self.nv):
-            row += (0, 0.0, 0.0, inf, -inf)
-        row += [distinct_type() for _ in range(self.nd)]
+        row = self.template[:]
+        for o in self.doffs:
+            row[o] = distinct_type()
         return row
 
     # ------------------------------------------------------------------ time
     def advance(self, ring: list, max_t: int) -> None:
         """Move the head to the bucket of ``max_t``, expiring and pruning buckets."""
-        if self.lifetime:
-            return
         new = max_t // self.res
         old = ring[0]
         if new <= old:
@@ -95,10 +96,22 @@ class RingSpec:
         if not bk:
             return
         n, d = self.n, self.d
-        run = ring[2]
-        if new - old >= n:
+        gap = new - old
+        if gap >= n + d:  # every existing bucket (all <= old) is behind the new window
+            ring[2] = self._zeros(dict)
+        elif gap >= n:
             self._rebuild(ring)
+        elif gap > len(bk):  # sparse entity: walk its few buckets, not the index range
+            run = ring[2]
+            leave_lo, leave_hi = old - d - n, new - d - n
+            enter_lo, enter_hi = old - d, new - d
+            for i, b in bk.items():
+                if leave_lo < i <= leave_hi:
+                    self._sub(run, b)
+                elif d and enter_lo < i <= enter_hi:
+                    self._add(run, b)
         else:
+            run = ring[2]
             get = bk.get
             for i in range(old - d - n + 1, new - d - n + 1):
                 b = get(i)
@@ -109,11 +122,17 @@ class RingSpec:
                     b = get(i)
                     if b is not None:
                         self._add(run, b)
+        # Buckets no non-late event can read again. Buckets are mostly inserted in time order,
+        # so stop at the first live one; an out-of-order straggler goes on a later advance.
         horizon = (max_t - self.grace) // self.res - d - n
-        dead = [i for i in bk if i <= horizon]
+        dead = []
+        for i in bk:
+            if i > horizon:
+                break
+            dead.append(i)
         for i in dead:
             del bk[i]
-        if self.nd and run[COUNT] == 0:
+        if self.nd and ring[2][COUNT] == 0:
             self._maybe_reset_levels(ring)
 
     def _rebuild(self, ring: list) -> None:
@@ -134,6 +153,11 @@ class RingSpec:
                 run[o] += b[o]
                 run[o + 1] += b[o + 1]
                 run[o + 2] += b[o + 2]
+                if run[o + 3] is not None:
+                    if b[o + 3] < run[o + 3]:
+                        run[o + 3] = b[o + 3]
+                    if b[o + 4] > run[o + 4]:
+                        run[o + 4] = b[o + 4]
         for o in self.doffs:
             m = run[o]
             for v in b[o]:
@@ -150,9 +174,15 @@ class RingSpec:
                 if left:
                     run[o + 1] -= b[o + 1]
                     run[o + 2] -= b[o + 2]
+                    # The window's extremes may have left with this bucket: recompute lazily.
+                    if run[o + 3] is not None and (b[o + 3] <= run[o + 3]
+                                                   or b[o + 4] >= run[o + 4]):
+                        run[o + 3] = run[o + 4] = None
                 else:  # an empty window sums to exactly zero, whatever rounding came before
                     run[o + 1] = 0.0
                     run[o + 2] = 0.0
+                    run[o + 3] = inf
+                    run[o + 4] = -inf
         for o in self.doffs:
             m = run[o]
             for v in b[o]:
@@ -208,6 +238,11 @@ class RingSpec:
                     run[o] += 1
                     run[o + 1] += v
                     run[o + 2] += sq
+                    if run[o + 3] is not None:
+                        if v < run[o + 3]:
+                            run[o + 3] = v
+                        if v > run[o + 4]:
+                            run[o + 4] = v
         if self.nd:
             levels = ring[3]
             for k, o in enumerate(self.doffs):
@@ -279,27 +314,28 @@ class RingSpec:
         """The aggregate row of the window seen from time ``t``.
 
         In-order reads (``t`` in the head bucket) return the running row itself: callers must not
-        modify it. Distinct slots hold a sized container; multiply its length by
+        modify it. Its min/max slots are kept incrementally and recomputed here when an expired
+        bucket held an extreme (marked ``None``). Distinct slots hold a sized container; multiply its length by
         ``2 ** ring[3][k]`` for the estimate.
         """
         if self.lifetime:
             return ring[2]
         b = t // self.res
         if b == ring[0]:
-            if not self.minmax:
-                return ring[2]
-            row = list(ring[2])
-            lo, hi = b - self.d - self.n, b - self.d
-            for o in self.voffs:
-                mn, mx = inf, -inf
-                for i, bucket in ring[1].items():
-                    if lo < i <= hi and bucket[o]:
-                        if bucket[o + 3] < mn:
-                            mn = bucket[o + 3]
-                        if bucket[o + 4] > mx:
-                            mx = bucket[o + 4]
-                row[o + 3], row[o + 4] = mn, mx
-            return row
+            run = ring[2]
+            if self.minmax:
+                lo, hi = b - self.d - self.n, b - self.d
+                for o in self.voffs:
+                    if run[o + 3] is None:
+                        mn, mx = inf, -inf
+                        for i, bucket in ring[1].items():
+                            if lo < i <= hi and bucket[o]:
+                                if bucket[o + 3] < mn:
+                                    mn = bucket[o + 3]
+                                if bucket[o + 4] > mx:
+                                    mx = bucket[o + 4]
+                        run[o + 3], run[o + 4] = mn, mx
+            return run
         return self._scan(ring, b)
 
     def _scan(self, ring: list, b: int) -> list:

@@ -74,12 +74,14 @@ def parse_duration(text: str | int, what: str = "duration") -> int:
 def format_duration(ms: int) -> str:
     """The shortest unit spelling of ``ms`` (used in feature names).
 
-    >>> format_duration(86_400_000), format_duration(90_000), format_duration(1500)
-    ('1d', '90s', '1500ms')
+    >>> format_duration(86_400_000), format_duration(7 * 86_400_000), format_duration(90_000)
+    ('24h', '7d', '90s')
     """
     if ms == 0:
         return "0s"
     for unit in ("d", "h", "m", "s"):
+        if unit == "d" and ms < 2 * _UNITS["d"]:
+            continue  # "24h" reads better than "1d" in feature names
         if ms % _UNITS[unit] == 0:
             return f"{ms // _UNITS[unit]}{unit}"
     return f"{ms}ms"

@@ -56,9 +56,9 @@ def test_delayed_label_window_only_sees_old_events(store):
     engine = FeatureEngine(fs, store)
     engine.process(_ev(1, 0))
     engine.process_label({"event_id": "e1", "is_fraud": True, "label_time": H})
-    assert engine.process(_ev(2, 2 * H))["merchant_fraud_rate_1d_delay1d"] == 0.0
-    assert engine.process(_ev(3, D + H))["merchant_fraud_rate_1d_delay1d"] == 1.0
-    assert engine.process(_ev(4, 2 * D + H))["merchant_fraud_rate_1d_delay1d"] == 0.0
+    assert engine.process(_ev(2, 2 * H))["merchant_fraud_rate_24h_delay24h"] == 0.0
+    assert engine.process(_ev(3, D + H))["merchant_fraud_rate_24h_delay24h"] == 1.0
+    assert engine.process(_ev(4, 2 * D + H))["merchant_fraud_rate_24h_delay24h"] == 0.0
 
 
 def test_idle_entity_expires_after_ttl(store):
