@@ -90,9 +90,9 @@ def test_late_events_are_scored_with_current_state_not_folded():
     fs = FeatureSet([Feature("count", entity="user_id", window="1d")], grace="1h")
     engine = FeatureEngine(fs)
     engine.process(_ev(1, 10 * H))
-    assert engine.process(_ev(2, 9 * H + 1))["user_count_1d"] == 1      # the 10h one is later
-    assert engine.process(_ev(3, 8 * H))["user_count_1d"] == 2          # late: not folded
-    assert engine.process(_ev(4, 10 * H))["user_count_1d"] == 3
+    assert engine.process(_ev(2, 9 * H + 1))["user_count_24h"] == 1      # the 10h one is later
+    assert engine.process(_ev(3, 8 * H))["user_count_24h"] == 2          # late: not folded
+    assert engine.process(_ev(4, 10 * H))["user_count_24h"] == 3
     assert engine.stats.late == 1
 
 
