@@ -1,0 +1,174 @@
+"""Delayed labels join the stored snapshot; unknown/expired/duplicate labels are counted."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from online_models.labels import DAY_MS, MemoryKV, SnapshotStore
+from online_models.merchant import BlendRule
+from online_models.registry import build
+from online_models.replay import EventItem, LabelItem, merge_by_time, replay
+from online_models.scorer import GlobalModel, Scorer
+
+
+class Recorder:
+    """Wraps a model and records what it learns from (same calling convention)."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.version = inner, inner.name, inner.version
+        self.learned = []
+
+    def prepare_one(self, x):
+        return self.inner.prepare_one(x)
+
+    def score_one(self, v):
+        return self.inner.score_one(v)
+
+    def score_explain_one(self, v, k):
+        return self.inner.score_explain_one(v, k)
+
+    def learn_one(self, v, y):
+        self.learned.append((dict(v), y))
+        self.inner.learn_one(v, y)
+
+
+def test_labels_days_later_learn_from_the_stored_snapshot_not_recomputed_features():
+    rec = Recorder(build("default", seed=2))
+    scorer = Scorer(GlobalModel(rec), SnapshotStore(MemoryKV()), merchants=None)
+    # the feature engine's view of user u1 changes after the event: features are mutable state
+    live_features = {"user_txn_count_1h": 1.0, "amount": 20.0}
+    r = scorer.score(live_features, "m1", "e1", event_time=0)
+    scored_vector = scorer.snapshots.get("e1").vector
+    live_features["user_txn_count_1h"] = 9.0   # what a recomputation 3 days later would see
+    live_features["amount"] = 9999.0
+    for i in range(30):                          # more traffic meanwhile (changes the HST too)
+        scorer.score({"user_txn_count_1h": float(i), "amount": 5.0 * i}, "m1", f"x{i}",
+                     event_time=DAY_MS + i)
+    out = scorer.learn("e1", is_fraud=True, label_time=3 * DAY_MS)
+    assert out.status == "joined"
+    assert rec.learned == [(scored_vector, True)]
+    assert scored_vector["user_txn_count_1h"] == 1.0 and scored_vector["amount"] == 20.0
+    assert "anomaly_hst" in scored_vector
+    assert out.example.snapshot.score == r.score
+    assert out.example.delay_ms == 3 * DAY_MS
+
+
+def test_unknown_expired_and_duplicate_labels_are_counted():
+    scorer = Scorer.create("logreg", ttl_ms=10 * DAY_MS)
+    scorer.score({"amount": 1.0}, "m1", "old", event_time=0)
+    scorer.score({"amount": 2.0}, "m1", "new", event_time=5 * DAY_MS)
+    assert scorer.learn("ghost", True, DAY_MS).status == "unknown"
+    assert scorer.learn("old", True, 11 * DAY_MS).status == "expired"
+    assert scorer.learn("new", False, 11 * DAY_MS).status == "joined"
+    assert scorer.learn("new", True, 12 * DAY_MS).status == "duplicate"
+    assert scorer.report()["labels"] == {"joined": 1, "unknown": 1, "expired": 1, "duplicate": 1}
+    assert scorer.global_model.n_learned == 1
+
+
+def test_replay_stream_with_labels_days_later():
+    events = [EventItem(f"e{i}", "m1", i * 3_600_000, {"amount": float(i % 7)})
+              for i in range(100)]
+    labels = [LabelItem(f"e{i}", i % 7 == 6, i * 3_600_000 + 4 * DAY_MS) for i in range(100)]
+    labels.append(LabelItem("never-scored", True, 2 * DAY_MS))
+    labels.sort(key=lambda lab: lab.label_time)
+    learned_at = []
+    scorer = Scorer.create("logreg")
+    s = replay(scorer, merge_by_time(events, labels),
+               on_learn=lambda o: learned_at.append(o.example.label_time if o.example else None))
+    assert s.scored == 100
+    assert s.labels == {"joined": 100, "unknown": 1, "expired": 0, "duplicate": 0}
+    # labels 4 days later: no learning at all before day 4
+    assert scorer.global_model.n_learned == 100
+    assert min(t for t in learned_at if t is not None) >= 4 * DAY_MS
+
+
+def test_snapshot_values_are_plain_data():
+    kv = MemoryKV()
+    scorer = Scorer.create("default", kv=kv)
+    scorer.score({"amount": 3.0}, "m1", "e1", event_time=7)
+    value = kv.get(b"snap:e1")
+    assert value[0] == 7
+    import marshal
+    assert marshal.loads(marshal.dumps(value)) == value  # any simple codec can persist it
+
+
+def test_global_snapshot_round_trip_and_swap_during_score():
+    scorer = Scorer.create("logreg")
+    for i in range(50):
+        scorer.score({"amount": float(i)}, "m1", f"e{i}", event_time=i)
+        scorer.learn(f"e{i}", i % 5 == 0, label_time=i + 1)
+    blob = scorer.global_model.to_bytes()
+    new = GlobalModel.from_bytes(blob)
+    assert new.version == scorer.global_model.version == "logreg-1.50"
+
+    other = Scorer.create("default")
+    other_blob = other.global_model.to_bytes()
+    old_version = scorer.global_model.version
+    inner = scorer.global_model.model
+    real = inner.score_explain_one
+
+    def swapping(v, k):  # a new version arrives while this event is being scored
+        scorer.load_global(other_blob)
+        return real(v, k)
+
+    inner.score_explain_one = swapping
+    rec = scorer.score({"amount": 3.0}, "m1", "mid", event_time=100)
+    assert rec.versions["global"] == old_version
+    assert scorer.snapshots.get("mid").global_version == old_version
+    rec2 = scorer.score({"amount": 3.0}, "m1", "after", event_time=101)
+    assert rec2.versions["global"] == "default-1.0"
+
+
+def test_bad_snapshot_is_rejected():
+    from online_models.exceptions import SnapshotError
+    with pytest.raises(SnapshotError):
+        GlobalModel.from_bytes(b"garbage")
+    blob = GlobalModel.create("logreg").to_bytes()
+    with pytest.raises(SnapshotError):
+        GlobalModel.from_bytes(blob[:-20])
+
+
+def test_worker_mode_returns_examples_for_the_trainer():
+    worker = Scorer.create("logreg", learn_global=False)
+    trainer = GlobalModel.create("logreg")
+    for i in range(20):
+        worker.score({"amount": float(i)}, "m1", f"e{i}", event_time=i)
+    for i in range(20):
+        ex = worker.learn(f"e{i}", i % 4 == 0, 100 + i).example
+        trainer.learn(type(ex).from_dict(pickle.loads(pickle.dumps(ex.to_dict()))))
+    assert worker.global_model.n_learned == 0 and trainer.n_learned == 20
+    assert worker.load_global(trainer.to_bytes()) == "logreg-1.20"
+
+
+def test_challenger_runs_in_shadow_and_can_be_promoted():
+    scorer = Scorer.create("logreg", challenger="default", merchant_spec=None)
+    rec = scorer.score({"amount": 3.0}, "m1", "e1", event_time=0)
+    assert rec.versions["challenger"] == "default-1.0" and rec.challenger_score is not None
+    scorer.learn("e1", True, 10)
+    assert scorer.challenger.n_learned == 1
+    assert scorer.promote_challenger() == "default-1.1"
+    assert scorer.challenger is None
+
+
+def test_merchant_models_blend_after_n_labels_and_survive_the_store():
+    kv = MemoryKV()
+    scorer = Scorer.create("logreg", kv=kv, blend=BlendRule(min_labels=20, half_trust=20))
+    for i in range(19):
+        scorer.score({"amount": float(i % 5)}, "m1", f"e{i}", event_time=i)
+        scorer.learn(f"e{i}", i % 5 == 4, i + 1)
+    r = scorer.score({"amount": 4.0}, "m1", "a", event_time=50)
+    assert r.versions["merchant"] is None and "+" not in r.model_version
+    scorer.score({"amount": 4.0}, "m1", "e19", event_time=51)
+    scorer.learn("e19", True, 52)
+    r = scorer.score({"amount": 4.0}, "m1", "b", event_time=53)
+    assert r.versions["merchant"] == "logreg-1/m1/20"
+    assert r.model_version.endswith("+logreg-1/m1/20")
+    snap = scorer.snapshots.get("b")
+    w = 20 / (20 + 20)
+    assert r.score == pytest.approx((1 - w) * snap.p_global + w * snap.raw_merchant)
+    # a fresh MerchantModels over the same store (restart, rebalance) sees the same model
+    scorer.merchants.clear_cache()
+    r2 = scorer.score({"amount": 4.0}, "m1", "c", event_time=54)
+    assert r2.score == r.score
