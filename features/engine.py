@@ -20,6 +20,8 @@ the offline ``features compute`` and in unit tests.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from marshal import dumps as _dumps
+from marshal import loads as _loads
 from hashlib import blake2b
 from math import inf, sqrt
 from typing import Any, Callable, Iterable, Mapping
@@ -59,7 +61,8 @@ class _Group:
     """Features sharing one entity key and event-type filter: one state object per entity."""
 
     __slots__ = ("index", "entity", "types", "prefix", "specs", "ring_readers", "prev_readers",
-                 "last_fields", "vfields", "dfields", "label_rings", "single", "plan")
+                 "last_fields", "vfields", "dfields", "label_rings", "single", "plan",
+                 "empty")
 
     def __init__(self, index: int, entity: tuple[str, ...], types: tuple[str, ...]) -> None:
         self.index = index
@@ -77,7 +80,12 @@ class _Group:
         self.prefix = b""
 
     def new_state(self) -> list:
-        return [-1, [None] * len(self.last_fields), [s.new_ring() for s in self.specs]]
+        # One C call builds the nested lists, dicts and sets faster than Python code does.
+        return _loads(self.empty)
+
+    def compile_empty(self) -> None:
+        self.empty = _dumps([-1, [None] * len(self.last_fields),
+                             [s.new_ring() for s in self.specs]])
 
 
 def _accessor(event: Any) -> Callable[[str], Any]:
@@ -176,6 +184,7 @@ class FeatureEngine:
         self._groups = list(groups.values())
         for g in self._groups:
             g.plan = [(i, *g.ring_readers[i]) for i in range(len(g.specs))]
+            g.compile_empty()
         self._fields = tuple(sorted(fields))
         self._numeric = tuple(sorted({name for g in groups.values() for vf in g.vfields
                                       for name in vf}))

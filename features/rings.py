@@ -132,7 +132,7 @@ class RingSpec:
             dead.append(i)
         for i in dead:
             del bk[i]
-        if self.nd and ring[2][COUNT] == 0:
+        if self.nd and ring[2][COUNT] == 0 and any(ring[3]):
             self._maybe_reset_levels(ring)
 
     def _rebuild(self, ring: list) -> None:

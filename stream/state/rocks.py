@@ -77,8 +77,12 @@ class RocksBackend:
         self._write_opts.disable_wal = options.disable_wal
 
     def get(self, key: bytes) -> bytes | None:
-        with translate(f"get from {self.path}"):
+        try:  # no context manager here: this is on the per-event path
             return self._db.get(key)
+        except Exception as exc:
+            with translate(f"get from {self.path}"):
+                raise exc from None
+            raise  # not a RocksDB error
 
     def write(self, puts: Mapping[bytes, bytes], deletes: Iterator[bytes] | list[bytes] = ()) -> None:
         """Apply ``puts`` and ``deletes`` atomically (one RocksDB write batch)."""

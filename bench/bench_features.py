@@ -1,0 +1,222 @@
+"""Feature engine benchmark: microseconds per event for the default set, RocksDB state.
+
+Warm-up gives every one of ``--users`` users (with its own card and device) one event at a random
+one of ``--merchants`` merchants, so RocksDB holds state for all of them. The measured phase then
+replays ``--events`` events whose users are skewed (90 % from the hottest 5 %, the rest uniform),
+with the write-back cache already warm, and reports CPU and wall microseconds per event, cache hit
+rate, and state bytes per entity (encoded values in RocksDB, per entity group, plus the analytic
+worst case per entity for the default set).
+
+    .venv/bin/python bench/bench_features.py                       # full size: 1M users, 100k merchants
+    .venv/bin/python bench/bench_features.py --users 20000 --merchants 2000 --events 50000
+
+Not part of the test suite. Figures go to ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import rocksdict
+
+from features.default import default_feature_set
+from features.engine import INDEX_PREFIX, FeatureEngine
+from features.store import encode
+from stream.state import open_store
+
+T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+
+
+def _event(i: int, t: int, user: int, merchant: int, rng: random.Random) -> dict:
+    return {"event_id": f"e{i}", "event_type": "transaction", "event_time": t,
+            "user_id": f"u{user:07d}", "merchant_id": f"m{merchant:06d}",
+            "amount": round(rng.lognormvariate(3.5, 1.0), 2), "currency": "EUR",
+            "card_id": f"c{user:07d}", "device_id": f"d{user:07d}",
+            "ip": f"10.{rng.randrange(4)}.{rng.randrange(256)}.{rng.randrange(256)}",
+            "country": rng.choice(("FR", "FR", "FR", "DE", "ES", "US"))}
+
+
+def warmup_events(users: int, merchants: int, rng: random.Random, span_ms: int):
+    step = max(1, span_ms // max(users, 1))
+    order = list(range(users))
+    rng.shuffle(order)
+    for i, user in enumerate(order):
+        yield _event(i, T0 + i * step, user, rng.randrange(merchants), rng)
+
+
+def measured_events(n: int, users: int, merchants: int, rng: random.Random, start_t: int,
+                    rate_per_s: float) -> list[dict]:
+    hot = max(1, users // 20)
+    out, t = [], start_t
+    gap = 1000.0 / rate_per_s
+    for i in range(n):
+        t += int(rng.expovariate(1.0 / gap))
+        user = rng.randrange(hot) if rng.random() < 0.9 else rng.randrange(users)
+        merchant = min(int(merchants * rng.random() ** 2), merchants - 1)  # popular merchants
+        out.append(_event(10_000_000 + i, t, user, merchant, rng))
+    return out
+
+
+def worst_case_bytes(engine: FeatureEngine, id_len: int = 16) -> dict[str, int]:
+    """Encoded size of each entity group's state with every retained bucket full.
+
+    Every bucket a ring can hold (window + delay + grace, plus one) has an event, numeric slots
+    hold non-trivial floats, and every distinct set holds ``distinct_capacity`` ids of
+    ``id_len`` characters (the sketch's cap). Real entities are far smaller (see measured sizes).
+    """
+    cap = engine.feature_set.distinct_capacity
+    out = {}
+    for g in engine._groups:
+        st = g.new_state()
+        st[0] = T0
+        st[1] = ["x" * id_len for _ in st[1]]
+        for spec, ring in zip(g.specs, st[2]):
+            ids = {f"{j:0{id_len}d}" for j in range(cap)}
+            if spec.lifetime:
+                row = ring[2]
+                buckets = []
+            else:
+                keep = spec.n + spec.d + math.ceil(engine.feature_set.grace_ms / spec.res) + 1
+                ring[0] = T0 // spec.res
+                ring[1] = {ring[0] - j: spec._zeros(set) for j in range(keep)}
+                buckets = list(ring[1].values())
+                row = ring[2]
+            for r in [row, *buckets]:
+                r[0], r[1], r[2] = 123456, 1234, 123
+                for o in spec.voffs:
+                    r[o:o + 5] = [12345, 1234567.891, 98765432.123, 0.01, 99999.99]
+                for o in spec.doffs:
+                    r[o] = set(ids) if isinstance(r[o], set) else dict.fromkeys(ids, 1)
+        out[g.prefix.decode().split(".")[0]] = len(g.prefix) + 12 + len(encode(st))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--users", type=int, default=1_000_000)
+    ap.add_argument("--merchants", type=int, default=100_000)
+    ap.add_argument("--events", type=int, default=300_000, help="measured events")
+    ap.add_argument("--cache-entries", type=int, default=600_000)
+    ap.add_argument("--backend", choices=("rocksdb", "memory"), default="rocksdb")
+    ap.add_argument("--path", default=None, help="RocksDB directory (default: a temp dir)")
+    ap.add_argument("--gc", choices=("default", "frozen"), default="frozen",
+                    help="'frozen': gc.freeze() after warm-up and a higher gen-0 threshold, "
+                         "as the worker does")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--json", action="store_true", help="print the result as JSON only")
+    args = ap.parse_args()
+
+    rng = random.Random(args.seed)
+    tmp = None
+    path = args.path
+    if args.backend == "rocksdb" and path is None:
+        tmp = tempfile.mkdtemp(prefix="fs-bench-")
+        path = str(Path(tmp) / "state")
+    store = open_store(args.backend, path, cache_entries=args.cache_entries)
+    engine = FeatureEngine(default_feature_set(), store)
+    try:
+        warm_span = 24 * 3_600_000
+        t0 = time.perf_counter()
+        for e in warmup_events(args.users, args.merchants, rng, warm_span):
+            engine.process(e)
+        store.flush()
+        warm_s = time.perf_counter() - t0
+        events = measured_events(args.events, args.users, args.merchants, rng,
+                                 T0 + warm_span, rate_per_s=200.0)
+        # Warm the write-back cache with the first fifth, measure the rest.
+        split = len(events) // 5
+        for e in events[:split]:
+            engine.process(e)
+        if args.gc == "frozen":
+            gc.collect()
+            gc.freeze()
+            gc.set_threshold(100_000, 50, 100)
+        hits0, misses0 = store.hits, store.misses
+        measured = events[split:]
+        chunk = max(1, len(measured) // 10)
+        cpu_us, wall_us = [], []
+        for k in range(0, len(measured), chunk):
+            part = measured[k:k + chunk]
+            c0, w0 = time.process_time(), time.perf_counter()
+            for e in part:
+                engine.process(e)
+            cpu_us.append((time.process_time() - c0) / len(part) * 1e6)
+            wall_us.append((time.perf_counter() - w0) / len(part) * 1e6)
+        c0 = time.process_time()
+        store.flush()
+        flush_s = time.process_time() - c0
+        hits, misses = store.hits - hits0, store.misses - misses0
+
+        sizes: dict[str, list[int]] = defaultdict(list)
+        index_bytes = index_n = 0
+        for key, raw in store.backend.items():
+            if key.startswith(INDEX_PREFIX):
+                index_bytes += len(key) + len(raw)
+                index_n += 1
+            else:
+                sizes[key.split(b".")[0].decode()].append(len(key) + len(raw))
+        on_disk = store.backend.size_bytes()
+        result = {
+            "date": time.strftime("%Y-%m-%d"),
+            "python": platform.python_version(),
+            "rocksdict": getattr(rocksdict, "__version__", _pkg_version("rocksdict")),
+            "commit": _git_sha(),
+            "cpu": platform.processor() or platform.machine(),
+            "backend": args.backend,
+            "users": args.users, "merchants": args.merchants,
+            "features": len(engine.names),
+            "warmup_events": args.users, "warmup_s": round(warm_s, 1),
+            "measured_events": len(measured), "gc": args.gc,
+            "cpu_us_per_event_median": round(statistics.median(cpu_us), 1),
+            "wall_us_per_event_median": round(statistics.median(wall_us), 1),
+            "cpu_us_per_event_chunks": [round(x, 1) for x in cpu_us],
+            "flush_s": round(flush_s, 2),
+            "cache_entries": args.cache_entries,
+            "cache_hit_rate": round(hits / max(1, hits + misses), 3),
+            "entities": {k: len(v) for k, v in sizes.items()},
+            "state_bytes_mean": {k: round(statistics.fmean(v)) for k, v in sizes.items()},
+            "state_bytes_max": {k: max(v) for k, v in sizes.items()},
+            "label_index_entries": index_n,
+            "label_index_bytes_mean": round(index_bytes / max(1, index_n)),
+            "rocksdb_size_bytes": on_disk,
+            "worst_case_bytes_per_entity": worst_case_bytes(engine),
+        }
+        if args.json:
+            print(json.dumps(result))
+        else:
+            for k, v in result.items():
+                print(f"{k:32} {v}")
+    finally:
+        store.close()
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pkg_version(name: str) -> str:
+    from importlib.metadata import version
+    return version(name)
+
+
+def _git_sha() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
