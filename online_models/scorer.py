@@ -165,12 +165,18 @@ class Scorer:
                merchant_spec: str | None = "logreg", blend: BlendRule = BlendRule(),
                policy: DecisionPolicy | None = None, ttl_ms: int = DEFAULT_TTL_MS,
                challenger: str | None = None, learn_global: bool = True,
-               budget: float = 0.01) -> "Scorer":
-        """A scorer with fresh models; ``kv`` holds snapshots and per-merchant models."""
+               budget: float = 0.01, write_through: bool = True) -> "Scorer":
+        """A scorer with fresh models; ``kv`` holds snapshots and per-merchant models.
+
+        ``write_through=False`` keeps learned merchant models dirty in memory until
+        :meth:`flush` (one pickle per merchant per flush instead of one per label); the I/O layer
+        then calls :meth:`flush` in its commit protocol before changelogs and checkpoints.
+        """
         from online_models.labels import MemoryKV
 
         kv = kv if kv is not None else MemoryKV()
-        merchants = (MerchantModels(kv, merchant_spec, blend, seed=seed)
+        merchants = (MerchantModels(kv, merchant_spec, blend, seed=seed,
+                                    write_through=write_through)
                      if merchant_spec is not None else None)
         return cls(GlobalModel.create(spec, seed), SnapshotStore(kv, ttl_ms), merchants, policy,
                    QualityMonitor(budget=budget),
@@ -276,6 +282,10 @@ class Scorer:
         if s.merchant_id is not None:
             mon.update_merchant(s.merchant_id, s.score, y)
         return [d for d in out if d is not None]
+
+    def flush(self) -> int:
+        """Write dirty per-merchant models to the store (see :meth:`create`); how many."""
+        return self.merchants.flush() if self.merchants is not None else 0
 
     def report(self, merchants: bool = True) -> dict:
         """Quality metrics, label-join counts and the model versions in use."""
