@@ -37,21 +37,19 @@ import csv
 import gzip
 import hashlib
 import io
-import math
 import os
 import re
 import time
 import uuid
 import zlib
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from stream import wire
-from stream.events import DEFAULT_MAX_BYTES, event_from_dict, label_from_dict, parse_time
+from stream.events import DEFAULT_MAX_BYTES, event_from_dict, label_from_dict
 from stream.exceptions import DecodeError, FraudstreamError
 from stream.mapping import ColumnMapping
 from stream.settings import Settings
@@ -60,8 +58,6 @@ __all__ = [
     "ReplayError",
     "ReplayOptions",
     "RecordMapping",
-    "TIME_FORMATS",
-    "parse_time_value",
     "parse_constants",
     "ReplayProgress",
     "ReplayResult",
@@ -96,33 +92,22 @@ class ReplayError(FraudstreamError):
 
 
 # ---------------------------------------------------------------------- record mapping
-# Foreign logs name and type things their own way. Column renames are the shared
-# ``stream.mapping.ColumnMapping`` (``--map SOURCE=FIELD``); on top of it a replay sets constants
-# (``--set event_type=transaction``) and converts what such logs commonly hold into what the
-# contract takes: times as epoch s/ms/us/ns (numbers or digit strings) or ISO 8601 strings,
-# numeric ids, and amounts or verdicts written as text. Validation stays with the contract
-# decoder, so every rejection still names the contract field.
-TIME_FORMATS = ("auto", "s", "ms", "us", "ns", "iso")
-_TIME_FIELDS = ("event_time", "label_time")
+# Foreign logs name and type things their own way. Renames, time formats and the conversion of
+# text cells are the shared ``stream.mapping.ColumnMapping`` (``--map SOURCE=FIELD[:FORMAT]``,
+# ``--tz``); a replay adds constants for fields a log lacks (``--set event_type=transaction``)
+# and turns numeric ids into strings. Validation stays with the contract decoder, so every
+# rejection still names the contract field.
 _ID_FIELDS = ("event_id", "user_id", "merchant_id", "card_id", "device_id")
 _CONSTANT_FIELDS = frozenset({"event_type", "currency", "country", "channel", "source",
-                              "merchant_id", "schema_version"})
-_UNIT_MS = {"s": 1000.0, "ms": 1.0, "us": 1e-3, "ns": 1e-6}
-_NUMERIC = re.compile(r"\s*-?[0-9]+(?:\.[0-9]*)?\s*\Z")
-# Epoch values below these are seconds, milliseconds, microseconds (else nanoseconds):
-# 1e11 s is the year 5138 and 1e11 ms is March 1973, so real logs are unambiguous.
-_AUTO_LIMITS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"))
-_MAX_EPOCH_MS = 253_402_300_799_999
-_TRUE = frozenset({"true", "t", "yes", "y", "1"})
-_FALSE = frozenset({"false", "f", "no", "n", "0"})
+                              "merchant_id"})
 
 
 @dataclass(frozen=True)
 class RecordMapping:
-    """Renames, constants and type conversions applied to each raw record before validation.
+    """Column mapping plus constants, applied to each raw record before validation.
 
-    >>> m = RecordMapping(ColumnMapping.parse("CUSTOMER=user_id,SHOP=merchant_id,TS=event_time"),
-    ...                   constants=(("currency", "EUR"),))
+    >>> m = RecordMapping(ColumnMapping.parse("CUSTOMER=user_id,SHOP=merchant_id,"
+    ...                                       "TS=event_time:epoch_s"), (("currency", "EUR"),))
     >>> row = m.apply({"CUSTOMER": 42, "SHOP": "s1", "TS": 1767225600, "amount": "9.90",
     ...                "event_id": "e1", "event_type": "transaction"})
     >>> row["user_id"], row["event_time"], row["amount"], row["currency"]
@@ -130,66 +115,31 @@ class RecordMapping:
     """
 
     columns: ColumnMapping = field(default_factory=ColumnMapping)
-    constants: tuple[tuple[str, Any], ...] = ()
-    time_format: str = "auto"
-    timezone: str | None = None   # zone of ISO times written without an offset
-
-    def __post_init__(self) -> None:
-        if self.time_format not in TIME_FORMATS:
-            raise ValueError(f"time format must be one of {', '.join(TIME_FORMATS)}, "
-                             f"got {self.time_format!r}")
-        if self.timezone is not None:
-            _zone(self.timezone)  # an unknown zone fails here, not on every record
+    constants: tuple[tuple[str, str], ...] = ()
 
     def apply(self, row: dict[str, Any]) -> dict[str, Any]:
         """The record with contract names and types; ``row`` itself when nothing changed
         (the caller forwards such input as it was read when it is canonical)."""
-        out = self.columns.apply(row) if self.columns.renames else row
+        out = self.columns.apply(row)
         if self.constants:
             if out is row:
                 out = dict(row)
             out.update(self.constants)
-        for name in _TIME_FIELDS:
-            value = out.get(name)
-            if value is None or (type(value) is int and value >= 100_000_000_000
-                                 and self.time_format in ("auto", "ms")):
-                continue  # already epoch milliseconds: the common, fast case
-            converted = parse_time_value(value, self.time_format, self.timezone, name)
-            if type(value) is not int or converted != value:
-                if out is row:
-                    out = dict(row)
-                out[name] = converted
         for name in _ID_FIELDS:
             if type(out.get(name)) is int:
                 if out is row:
                     out = dict(row)
                 out[name] = str(out[name])
-        amount = out.get("amount")
-        if isinstance(amount, str):
-            if out is row:
-                out = dict(row)
-            out["amount"] = _number(amount)
-        flag = out.get("is_fraud")
-        if flag is not None and type(flag) is not bool:
-            if out is row:
-                out = dict(row)
-            out["is_fraud"] = _boolean(flag)
-        version = out.get("schema_version")
-        if isinstance(version, str) and version.strip().isdigit():
-            if out is row:
-                out = dict(row)
-            out["schema_version"] = int(version)
         return out
 
     def describe(self) -> str:
-        return (f"map={self.columns};set={self.constants!r};time={self.time_format};"
-                f"tz={self.timezone}")
+        return f"map={self.columns};tz={self.columns.timezone};set={self.constants!r}"
 
 
 IDENTITY = RecordMapping()
 
 
-def parse_constants(items: str | tuple[str, ...] | list[str] | None) -> tuple[tuple[str, Any], ...]:
+def parse_constants(items: str | tuple[str, ...] | list[str] | None) -> tuple[tuple[str, str], ...]:
     """``--set FIELD=VALUE`` pairs (comma-separated or repeated).
 
     >>> parse_constants(("event_type=transaction", "currency=EUR"))
@@ -200,123 +150,16 @@ def parse_constants(items: str | tuple[str, ...] | list[str] | None) -> tuple[tu
     parts: list[str] = []
     for chunk in ([items] if isinstance(items, str) else items):
         parts.extend(p for p in chunk.split(",") if p.strip())
-    out: list[tuple[str, Any]] = []
+    out: list[tuple[str, str]] = []
     for part in parts:
         name, sep, value = (s.strip() for s in part.partition("="))
         if not sep or not value:
             raise ValueError(f"--set: expected FIELD=VALUE, got {part!r}")
         if name not in _CONSTANT_FIELDS:
-            raise ValueError(f"--set: {name!r} cannot be set to a constant (one of "
+            raise ValueError(f"--set: {name!r} cannot be a constant (one of "
                              f"{', '.join(sorted(_CONSTANT_FIELDS))})")
         out.append((name, value))
     return tuple(out)
-
-
-def parse_time_value(value: Any, fmt: str = "auto", timezone: str | None = None,
-                     name: str = "time") -> int:
-    """Epoch milliseconds from epoch s/ms/us/ns (numbers or digit strings) or ISO 8601.
-
-    ``auto`` tells the epoch unit by magnitude and reads other strings as ISO 8601. ISO times
-    without an offset need ``timezone`` (``UTC`` or an IANA name such as ``Europe/Berlin``).
-    Digits below the millisecond are dropped, as in the contract.
-
-    >>> [parse_time_value(v) for v in (1767225600, 1767225600000, "1767225600.5",
-    ...                                1767225600000000, "2026-01-01T00:00:00Z")]
-    [1767225600000, 1767225600000, 1767225600500, 1767225600000, 1767225600000]
-    >>> parse_time_value("2026-01-01 01:00:00", timezone="Europe/Berlin")
-    1767225600000
-    >>> parse_time_value("2026-01-01 00:00:00")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    stream.exceptions.DecodeError: time: ISO time without a UTC offset: '2026-01-01 00:00:00' ...
-    """
-    if isinstance(value, bool) or value is None:
-        raise DecodeError(f"not a time: {value!r}", name)
-    if isinstance(value, str):
-        if _NUMERIC.match(value):
-            if fmt == "iso":
-                raise DecodeError(f"expected an ISO 8601 time, got {value!r}", name)
-            text = value.strip()
-            return _from_epoch(int(text) if text.lstrip("-").isdigit() else float(text), fmt,
-                               name)
-        if fmt not in ("auto", "iso"):
-            raise DecodeError(f"expected epoch {fmt} (a number), got {value!r}", name)
-        return _from_iso(value.strip(), timezone, name)
-    if isinstance(value, (int, float)):
-        if fmt == "iso":
-            raise DecodeError(f"expected an ISO 8601 time, got {value!r}", name)
-        return _from_epoch(value, fmt, name)
-    raise DecodeError(f"not a time: {type(value).__name__}", name)
-
-
-def _from_epoch(number: float | int, fmt: str, name: str) -> int:
-    if isinstance(number, float) and not math.isfinite(number):
-        raise DecodeError(f"not a time: {number!r}", name)
-    unit = fmt
-    if fmt == "auto":
-        unit = next((u for limit, u in _AUTO_LIMITS if abs(number) < limit), "ns")
-    if type(number) is int:
-        ms = {"s": number * 1000, "ms": number, "us": number // 1000,
-              "ns": number // 1_000_000}[unit]
-    else:
-        scaled = number * _UNIT_MS[unit]
-        nearest = round(scaled)
-        # Float noise (1767225600.123 s -> ...122.99998 ms) must not cost a millisecond.
-        ms = nearest if abs(scaled - nearest) < 1e-3 else math.floor(scaled)
-    if not 0 <= ms <= _MAX_EPOCH_MS:
-        raise DecodeError(f"epoch time out of range: {number!r} (read as {unit})", name)
-    return int(ms)
-
-
-def _from_iso(text: str, timezone: str | None, name: str) -> int:
-    try:
-        return parse_time(text, name)  # RFC 3339 with an offset: the contract's own parser
-    except DecodeError:
-        pass
-    try:
-        parsed = datetime.fromisoformat(text[:-1] + "+00:00" if text[-1:] in ("Z", "z")
-                                        else text)
-    except ValueError:
-        raise DecodeError(f"not an ISO 8601 time: {text!r}", name) from None
-    if parsed.tzinfo is None:
-        if timezone is None:
-            raise DecodeError(f"ISO time without a UTC offset: {text!r} (give its zone with "
-                              "--timezone, e.g. UTC)", name)
-        parsed = parsed.replace(tzinfo=_zone(timezone))
-    ms = math.floor(parsed.timestamp() * 1000 + 1e-6)
-    if not 0 <= ms <= _MAX_EPOCH_MS:
-        raise DecodeError(f"time before 1970 or after 9999: {text!r}", name)
-    return ms
-
-
-def _zone(name: str):
-    if name.upper() == "UTC":
-        return dt_timezone.utc
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-    try:
-        return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"unknown time zone {name!r}") from None
-
-
-def _number(text: str) -> float | str:
-    try:
-        return float(text)
-    except ValueError:
-        return text  # left for the decoder to reject, naming the field
-
-
-def _boolean(value: Any) -> Any:
-    if isinstance(value, str):
-        lowered = value.strip().lower()
-        if lowered in _TRUE:
-            return True
-        if lowered in _FALSE:
-            return False
-    elif type(value) is int and value in (0, 1):
-        return bool(value)
-    return value  # left for the decoder to reject
 
 
 # ---------------------------------------------------------------------- options
@@ -344,9 +187,11 @@ def parse_speed(text: str | float | None) -> float | None:
 
 def parse_bound(text: str | None, timezone: str | None = None,
                 name: str = "--from") -> int | None:
-    """A ``--from``/``--to`` bound: ISO 8601 or epoch s/ms (told apart by magnitude)."""
+    """A ``--from``/``--to`` bound: RFC 3339 (or ISO 8601 with ``timezone``) or epoch ms."""
     if text is None:
         return None
+    from stream.mapping import parse_time_value
+
     try:
         return parse_time_value(text, "auto", timezone, name)
     except DecodeError as exc:
@@ -367,6 +212,7 @@ class ReplayOptions:
     fmt: str | None = None                     # "jsonl" | "csv"; None: by name, then content
     chunk_items: int = 100_000                 # items per checkpoint at most
     chunk_seconds: float = 1.0                 # and at least one checkpoint this often
+    load_workers: int | None = None            # validating processes; None: by file size
 
 
 # ---------------------------------------------------------------------- reading logs
@@ -405,32 +251,37 @@ def read_records(path: Path, fmt: str,
 
 
 def _read_jsonl(path: Path, max_bytes: int) -> Iterator[tuple[int, bytes, Any]]:
-    loads = wire.loads
     with _open_binary(path) as fh:
-        for number, line in enumerate(fh, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            if len(line) > max_bytes:
-                yield number, line, DecodeError(
-                    f"record is {len(line)} bytes, over the {max_bytes}-byte limit",
-                    code="too_large")
-                continue
+        yield from _parse_lines(fh, 1, max_bytes)
+
+
+def _parse_lines(lines: Iterable[bytes], first: int,
+                 max_bytes: int) -> Iterator[tuple[int, bytes, Any]]:
+    loads = wire.loads
+    for number, line in enumerate(lines, start=first):
+        line = line.strip()
+        if not line:
+            continue
+        if len(line) > max_bytes:
+            yield number, line, DecodeError(
+                f"record is {len(line)} bytes, over the {max_bytes}-byte limit",
+                code="too_large")
+            continue
+        try:
+            obj = loads(line)
+        except wire.JSONDecodeError as exc:
             try:
-                obj = loads(line)
-            except wire.JSONDecodeError as exc:
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as uexc:
-                    yield number, line, DecodeError(f"not valid UTF-8 at byte {uexc.start}",
-                                                    code="bad_utf8")
-                    continue
-                yield number, line, DecodeError(f"not valid JSON: {exc}", code="bad_json")
+                line.decode("utf-8")
+            except UnicodeDecodeError as uexc:
+                yield number, line, DecodeError(f"not valid UTF-8 at byte {uexc.start}",
+                                                code="bad_utf8")
                 continue
-            if not isinstance(obj, dict):
-                yield number, line, DecodeError("record must be a JSON object", code="bad_json")
-                continue
-            yield number, line, obj
+            yield number, line, DecodeError(f"not valid JSON: {exc}", code="bad_json")
+            continue
+        if not isinstance(obj, dict):
+            yield number, line, DecodeError("record must be a JSON object", code="bad_json")
+            continue
+        yield number, line, obj
 
 
 def _read_csv(path: Path) -> Iterator[tuple[int, bytes, Any]]:
@@ -518,24 +369,51 @@ class LoadedLog:
 def load_log(path: Path, kind: str, *, fmt: str | None = None,
              mapping: RecordMapping = IDENTITY, start_ms: int | None = None,
              end_ms: int | None = None, max_bytes: int = DEFAULT_MAX_BYTES,
-             rejects: Rejects | None = None,
+             rejects: Rejects | None = None, workers: int = 1,
              on_progress: Callable[[int], None] | None = None) -> LoadedLog:
-    """Read, map and validate every record of ``path`` (``kind``: ``event`` or ``label``)."""
+    """Read, map and validate every record of ``path`` (``kind``: ``event`` or ``label``).
+
+    With ``workers`` > 1, JSON Lines are validated in that many processes (blocks of lines,
+    results merged in file order): validation is most of a replay's cost.
+    """
     if kind not in ("event", "label"):
         raise ValueError(f"kind must be 'event' or 'label', got {kind!r}")
     fmt = fmt or detect_format(path)
+    rejects = rejects if rejects is not None else Rejects(None)
+    spec = _LoadSpec(kind, mapping, -1 if start_ms is None else start_ms,
+                     1 << 62 if end_ms is None else end_ms, max_bytes, fmt == "jsonl")
+    if workers > 1 and fmt == "jsonl":
+        return _load_parallel(path, spec, rejects, workers, on_progress)
     out = LoadedLog(path=path, kind=kind)
-    is_event = kind == "event"
+
+    def reject(number: int, exc: DecodeError, raw: bytes) -> None:
+        rejects.add(path, kind, number, exc, raw)
+
+    _load_into(out, read_records(path, fmt, max_bytes), spec, reject, on_progress)
+    return out
+
+
+@dataclass(frozen=True)
+class _LoadSpec:
+    kind: str
+    mapping: RecordMapping
+    lo: int
+    hi: int
+    max_bytes: int
+    forward_raw: bool
+
+
+def _load_into(out: LoadedLog, records: Iterable[tuple[int, bytes, Any]], spec: _LoadSpec,
+               reject: Callable[[int, DecodeError, bytes], None],
+               on_progress: Callable[[int], None] | None = None) -> None:
+    is_event = spec.kind == "event"
     decode = event_from_dict if is_event else label_from_dict
     canonical = _EVENT_CANONICAL if is_event else _LABEL_CANONICAL
     time_name = "event_time" if is_event else "label_time"
-    lo = -1 if start_ms is None else start_ms
-    hi = 1 << 62 if end_ms is None else end_ms
-    forward_raw = fmt == "jsonl"
-    apply = mapping.apply
+    lo, hi, max_bytes, forward_raw = spec.lo, spec.hi, spec.max_bytes, spec.forward_raw
+    apply = spec.mapping.apply
     times, keys, payloads = out.times, out.keys, out.payloads
-    rejects = rejects if rejects is not None else Rejects(None)
-    for number, raw, obj in read_records(path, fmt, max_bytes):
+    for number, raw, obj in records:
         out.read += 1
         if on_progress is not None and not out.read % 65536:
             on_progress(out.read)
@@ -546,7 +424,7 @@ def load_log(path: Path, kind: str, *, fmt: str | None = None,
             record = decode(row)
         except DecodeError as exc:
             out.rejected += 1
-            rejects.add(path, kind, number, exc, raw)
+            reject(number, exc, raw)
             continue
         t = record.event_time if is_event else record.label_time
         if not lo <= t < hi:
@@ -562,13 +440,84 @@ def load_log(path: Path, kind: str, *, fmt: str | None = None,
             payload = record.encode()
             if len(payload) > max_bytes:
                 out.rejected += 1
-                rejects.add(path, kind, number, DecodeError(
-                    f"{kind} is {len(payload)} bytes encoded, over the {max_bytes}-byte limit",
-                    code="too_large"), raw)
+                reject(number, DecodeError(f"{spec.kind} is {len(payload)} bytes encoded, over "
+                                           f"the {max_bytes}-byte limit", code="too_large"), raw)
                 continue
         times.append(t)
         keys.append((record.user_id if is_event else record.merchant_id).encode())
         payloads.append(payload)
+
+
+_BLOCK_BYTES = 4 << 20
+
+
+def _load_block(block: bytes, first: int, spec: _LoadSpec, path: Path) -> tuple:
+    """Worker side of :func:`_load_parallel`: one block of whole lines."""
+    out = LoadedLog(path=path, kind=spec.kind)
+    rejected: list[tuple] = []
+
+    def reject(number: int, exc: DecodeError, raw: bytes) -> None:
+        rejected.append((number, exc.reason, exc.field, exc.code, raw))
+
+    _load_into(out, _parse_lines(block.split(b"\n"), first, spec.max_bytes), spec, reject)
+    return (out.times.tobytes(), out.keys, out.payloads, rejected, out.read, out.outside,
+            out.forwarded_as_read)
+
+
+def _blocks(path: Path) -> Iterator[tuple[bytes, int]]:
+    """Blocks of whole lines and the number of each block's first line."""
+    first, rest = 1, b""
+    with _open_binary(path) as fh:
+        while True:
+            data = fh.read(_BLOCK_BYTES)
+            if not data:
+                break
+            data = rest + data
+            cut = data.rfind(b"\n") + 1
+            if cut == 0:
+                rest = data
+                continue
+            block, rest = data[:cut], data[cut:]
+            yield block, first
+            first += block.count(b"\n")
+    if rest:
+        yield rest, first
+
+
+def _load_parallel(path: Path, spec: _LoadSpec, rejects: Rejects, workers: int,
+                   on_progress: Callable[[int], None] | None) -> LoadedLog:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = LoadedLog(path=path, kind=spec.kind)
+    # spawn, not fork: the parent may already run librdkafka threads (admin client), and a
+    # forked child would inherit their locks in whatever state they were.
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        pending: list = []
+        blocks = _blocks(path)
+
+        def merge(result: tuple) -> None:
+            times, keys, payloads, rejected, read, outside, forwarded = result
+            out.times.frombytes(times)
+            out.keys.extend(keys)
+            out.payloads.extend(payloads)
+            out.read += read
+            out.outside += outside
+            out.forwarded_as_read += forwarded
+            for number, reason, field_name, code, raw in rejected:
+                out.rejected += 1
+                rejects.add(path, spec.kind, number, DecodeError(reason, field_name, code=code),
+                            raw)
+            if on_progress is not None:
+                on_progress(out.read)
+
+        for block, first in blocks:
+            pending.append(pool.submit(_load_block, block, first, spec, path))
+            if len(pending) >= 2 * workers:  # bounded read-ahead
+                merge(pending.pop(0).result())
+        for fut in pending:
+            merge(fut.result())
     return out
 
 
@@ -709,14 +658,16 @@ def replay(settings: Settings, opts: ReplayOptions, *, checkpoint: Path | None =
     try:
         events = load_log(opts.log, "event", fmt=opts.fmt, mapping=opts.mapping,
                           start_ms=opts.start_ms, end_ms=opts.end_ms, max_bytes=max_bytes,
-                          rejects=rejects, on_progress=(lambda n: on_load_progress("events", n))
+                          rejects=rejects, workers=_workers(opts, opts.log),
+                          on_progress=(lambda n: on_load_progress("events", n))
                           if on_load_progress else None)
         labels = None
         if opts.labels is not None:
             labels = load_log(opts.labels, "label", fmt=opts.fmt,
                               mapping=opts.labels_mapping or opts.mapping,
                               start_ms=opts.start_ms, end_ms=opts.end_ms, max_bytes=max_bytes,
-                              rejects=rejects, on_progress=(lambda n: on_load_progress(
+                              rejects=rejects, workers=_workers(opts, opts.labels),
+                              on_progress=(lambda n: on_load_progress(
                                   "labels", n)) if on_load_progress else None)
     finally:
         rejects.close()
@@ -801,6 +752,18 @@ def replay(settings: Settings, opts: ReplayOptions, *, checkpoint: Path | None =
     finally:
         result.send_seconds = time.monotonic() - send_started
     return result
+
+
+def _workers(opts: ReplayOptions, path: Path) -> int:
+    if opts.load_workers is not None:
+        return max(1, opts.load_workers)
+    # Starting worker processes costs about half a second, and the main process and the
+    # producer's threads need a core: worth it for logs of a few MB on machines with spare cores.
+    compressed = path.name.endswith(".gz")
+    cores = os.cpu_count() or 1
+    if cores < 3 or path.stat().st_size < (2 << 20 if compressed else 16 << 20):
+        return 1
+    return min(4, cores - 1)
 
 
 def _failure_message(remaining: int, failures: list[str]) -> str:

@@ -30,16 +30,14 @@ def _fmt_time(ms: int | None) -> str:
 @click.option("--from", "from_", metavar="TIME",
               help="Only records at or after TIME (ISO 8601 or epoch s/ms).")
 @click.option("--to", metavar="TIME", help="Only records before TIME.")
-@click.option("--map", "maps", multiple=True, metavar="COLUMN=FIELD,...",
-              help="Rename a column of the log to a contract field (repeatable).")
+@click.option("--map", "maps", multiple=True, metavar="COLUMN=FIELD[:FORMAT],...",
+              help="Rename a column of the log to a contract field; FORMAT (auto, epoch_ms, "
+                   "epoch_s, iso) says how a time column is written. Repeatable.")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE,...",
               help="A constant for a field the log lacks, e.g. event_type=transaction.")
-@click.option("--labels-map", "labels_maps", multiple=True, metavar="COLUMN=FIELD,...",
-              help="Renames for the labels log (default: --map).")
-@click.option("--time-format", type=click.Choice(["auto", "s", "ms", "us", "ns", "iso"]),
-              default="auto", show_default=True,
-              help="How times in the log are written; auto tells epoch units by magnitude.")
-@click.option("--timezone", "tz", metavar="ZONE",
+@click.option("--labels-map", "labels_maps", multiple=True, metavar="COLUMN=FIELD[:FORMAT],...",
+              help="Mapping for the labels log (default: --map).")
+@click.option("--tz", "tz", metavar="ZONE",
               help="Zone of ISO times written without an offset (e.g. UTC, Europe/Berlin).")
 @click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]),
               help="Log format (default: from the file name, else the content).")
@@ -58,8 +56,7 @@ def _fmt_time(ms: int | None) -> str:
 @click.pass_context
 def replay(ctx: click.Context, log: Path, labels: Path | None, speed: str, from_: str | None,
            to: str | None, maps: tuple[str, ...], sets: tuple[str, ...],
-           labels_maps: tuple[str, ...],
-           time_format: str, tz: str | None, fmt: str | None, checkpoint: Path | None,
+           labels_maps: tuple[str, ...], tz: str | None, fmt: str | None, checkpoint: Path | None,
            restart: bool, rejects: Path | None, create_topics: bool, progress: bool | None,
            quiet: bool) -> None:
     """Replay LOG (JSON Lines, .gz or CSV) into the events topic in event-time order.
@@ -71,7 +68,7 @@ def replay(ctx: click.Context, log: Path, labels: Path | None, speed: str, from_
     \b
     Examples:
       fraudstream replay events.jsonl.gz --labels labels.jsonl.gz --speed max
-      fraudstream replay payments.csv --map CUSTOMER_ID=user_id,TS=event_time \\
+      fraudstream replay payments.csv --map CUSTOMER_ID=user_id,TS=event_time:epoch_s \\
           --set event_type=transaction --speed 60x --from 2026-01-05T00:00:00Z
     """
     from stream.cli import _settings, _setup_logging
@@ -83,11 +80,11 @@ def replay(ctx: click.Context, log: Path, labels: Path | None, speed: str, from_
     _setup_logging(s)
     try:
         constants = parse_constants(sets)
-        mapping = RecordMapping(ColumnMapping.parse(",".join(maps)), constants, time_format, tz)
+        mapping = RecordMapping(ColumnMapping.parse(",".join(maps), tz), constants)
         labels_mapping = None
         if labels_maps:
-            labels_mapping = RecordMapping(ColumnMapping.parse(",".join(labels_maps)),
-                                           constants, time_format, tz)
+            labels_mapping = RecordMapping(ColumnMapping.parse(",".join(labels_maps), tz),
+                                           constants)
         opts = ReplayOptions(log=log, labels=labels, speed=parse_speed(speed),
                              start_ms=parse_bound(from_, tz, "--from"),
                              end_ms=parse_bound(to, tz, "--to"), mapping=mapping,
