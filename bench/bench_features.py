@@ -112,14 +112,17 @@ def main() -> None:
     ap.add_argument("--cache-entries", type=int, default=600_000)
     ap.add_argument("--backend", choices=("rocksdb", "memory"), default="rocksdb")
     ap.add_argument("--path", default=None, help="RocksDB directory (default: a temp dir)")
-    ap.add_argument("--gc", choices=("default", "frozen"), default="frozen",
-                    help="'frozen': gc.freeze() after warm-up and a higher gen-0 threshold, "
-                         "as the worker does")
+    ap.add_argument("--gc", choices=("default", "frozen", "off"), default="off",
+                    help="cyclic GC during the run: 'default'; 'frozen' (gc.freeze() after "
+                         "warm-up, higher thresholds); 'off' (gc.disable(): feature state holds "
+                         "no reference cycles, so a worker can run without the cyclic collector)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = ap.parse_args()
 
     rng = random.Random(args.seed)
+    if args.gc == "off":
+        gc.disable()
     tmp = None
     path = args.path
     if args.backend == "rocksdb" and path is None:

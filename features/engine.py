@@ -198,8 +198,7 @@ class FeatureEngine:
         the fields as attributes (``stream.events.Event``); fields not found at top level are
         looked up in its ``attributes``.
         """
-        get = _accessor(event)
-        vals = {name: get(name) for name in self._fields}
+        vals = self._extract(event)
         t = vals["event_time"]
         for name in self._numeric:
             v = vals[name]
@@ -224,6 +223,19 @@ class FeatureEngine:
             if eid is not None:
                 self.store.put(INDEX_PREFIX + str(eid).encode(), [t, index, None], cache=False)
         return out
+
+    def _extract(self, event: Any) -> dict[str, Any]:
+        if type(event) is dict:
+            get = event.get
+            vals = {name: get(name) for name in self._fields}
+            attrs = get("attributes")
+            if attrs and None in vals.values():
+                for name, v in vals.items():
+                    if v is None:
+                        vals[name] = attrs.get(name)
+            return vals
+        get = _accessor(event)
+        return {name: get(name) for name in self._fields}
 
     def process_batch(self, events: Iterable[Any]) -> list[dict[str, Any]]:
         """:meth:`process` each event in order (a convenience; batching changes nothing)."""
