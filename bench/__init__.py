@@ -1,0 +1,1 @@
+"""Benchmarks. ``python -m bench`` runs the peer comparison (see ``bench/harness.py``)."""

@@ -1,0 +1,89 @@
+"""faust-streaming contender: the per-key tumbling-window count as a Faust agent and table.
+
+Runs in its own virtualenv (``.cache/bench-venvs/faust-streaming/``) with the latest
+``faust-streaming[rocksdict]``. State: a windowed ``app.Table`` in Faust's ``rocksdb://`` store,
+which uses rocksdict when python-rocksdb is absent (as here), under ``--state-dir``, backed by the
+table's changelog topic (Faust always has one). ``--store memory`` switches to ``memory://``.
+At-least-once (Faust's default guarantee) with the harness's common commit interval; the web
+server is off so the app opens no listening port.
+
+Semantics as in ``bench/contenders.py``: JSON value, keyed by user_id, tumbling window on the
+record's Kafka timestamp (``relative_to_stream()``), and for every input record the current
+window's count is sent as ``{"start", "end", "value"}`` under the same key. The Faust worker
+stops gracefully on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from datetime import timedelta
+
+import faust
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--group", required=True)
+    p.add_argument("--state-dir", required=True)
+    p.add_argument("--window-ms", type=int, default=60_000)
+    p.add_argument("--grace-ms", type=int, default=10_000)
+    p.add_argument("--commit-interval", type=float, default=1.0)
+    p.add_argument("--partitions", type=int, required=True,
+                   help="partitions of the input topic (Faust's table changelog must match)")
+    p.add_argument("--store", choices=("rocksdb", "memory"), default="rocksdb")
+    return p.parse_args(argv)
+
+
+def build_app(args: argparse.Namespace) -> faust.App:
+    app = faust.App(
+        args.group,  # the app id is the consumer group
+        broker=f"kafka://{args.bootstrap}",
+        store=f"{args.store}://",
+        datadir=args.state_dir,
+        topic_partitions=args.partitions,
+        topic_replication_factor=1,
+        broker_commit_interval=args.commit_interval,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        web_enabled=False,
+    )
+    events = app.topic(args.input, key_type=bytes, value_serializer="json")
+    out = app.topic(args.output, key_type=bytes, value_serializer="json")
+    size_s = args.window_ms / 1000.0
+    expires = timedelta(milliseconds=args.window_ms + args.grace_ms)
+    counts = (app.Table("counts", default=int, partitions=args.partitions)
+              .tumbling(timedelta(milliseconds=args.window_ms), expires=expires)
+              .relative_to_stream())
+
+    @app.agent(events)
+    async def count(stream):  # noqa: ANN001 - Faust's agent signature
+        async for event in stream.events():
+            key = event.key
+            counts[key] += 1
+            ts = event.message.timestamp  # seconds, the record's Kafka timestamp
+            start = ts - ts % size_s
+            await out.send(key=key, value={
+                "start": int(round(start * 1000)),
+                "end": int(round(start * 1000)) + args.window_ms,
+                "value": counts[key].current(),
+            })
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    app = build_app(args)
+    # Faust's own CLI entry point runs the worker; -l sets its log level.
+    sys.argv = [sys.argv[0], "worker", "-l", os.environ.get("FAUST_LOGLEVEL", "warn"), "--without-web"]
+    app.main()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
