@@ -194,13 +194,13 @@ def run_benchmark(cfg: Config, ready: list[tuple[Contender, Path]], kafka_cache:
         bootstrap = broker.bootstrap
         _create_topic(bootstrap, INPUT_TOPIC, cfg.partitions)
         started = time.monotonic()
-        preload(bootstrap, INPUT_TOPIC, cfg)
+        checksum = preload(bootstrap, INPUT_TOPIC, cfg)
         log(f"pre-loaded {cfg.events:,} events in {time.monotonic() - started:.1f}s")
         LOGS.mkdir(parents=True, exist_ok=True)
         for rnd in range(cfg.rounds):
             shift = rnd % max(1, len(ready))
             for contender, python in ready[shift:] + ready[:shift]:
-                run = run_one(cfg, contender, python, bootstrap, rnd, home)
+                run = run_one(cfg, contender, python, bootstrap, rnd, home, checksum)
                 runs.append(run.to_dict())
                 rate = f"{run.rate:,.0f} msgs/s" if run.rate else "no rate"
                 log(f"round {rnd + 1}/{cfg.rounds} {contender.name}: {rate}"
@@ -212,13 +212,15 @@ def run_benchmark(cfg: Config, ready: list[tuple[Contender, Path]], kafka_cache:
 
 
 def run_one(cfg: Config, c: Contender, python: Path, bootstrap: str, rnd: int,
-            home: Path) -> RunResult:
+            home: Path, checksum: int) -> RunResult:
     run_id = uuid.uuid4().hex[:6]
     group = f"{c.group}-r{rnd}-{run_id}"
     output = f"bench-out-{group}"
     state_dir = home / "state" / group
     state_dir.mkdir(parents=True)
-    _create_topic(bootstrap, output, cfg.partitions)
+    # The broker stamps output records as it appends them: the processing time is read from
+    # those stamps, to the millisecond, independent of the harness's polling.
+    _create_topic(bootstrap, output, cfg.partitions, append_time=True)
     cmd = [str(python), str(c.script_path), "--bootstrap", bootstrap, "--input", INPUT_TOPIC,
            "--output", output, "--group", group, "--state-dir", str(state_dir),
            "--window-ms", str(cfg.window_ms), "--grace-ms", str(cfg.grace_ms),
@@ -227,7 +229,7 @@ def run_one(cfg: Config, c: Contender, python: Path, bootstrap: str, rnd: int,
     log_path = LOGS / f"{c.name}-r{rnd}.log"
     watch = _Watcher(bootstrap, cfg.partitions)
     with open(log_path, "wb") as log_file:
-        t0 = time.monotonic()
+        t0, t0_wall = time.monotonic(), time.time()
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
     first = done = None
@@ -258,14 +260,27 @@ def run_one(cfg: Config, c: Contender, python: Path, bootstrap: str, rnd: int,
                                                timeout=10 + 5 * cfg.commit_interval, t0=t0)
     finally:
         _stop(proc)
+    verified = None
+    stamps = None
+    try:
+        if error is None and seen >= cfg.events:  # outside the timing: read the output back
+            got, stamps = watch.read_back(output, cfg.events)
+            verified = got == checksum
+            if not verified:
+                log(f"{c.name}: output checksum {got} != expected {checksum}")
+    finally:
         watch.close()
         _delete_topics(bootstrap, group)
         shutil.rmtree(state_dir, ignore_errors=True)
     if error is not None:
         return RunResult(c.name, rnd, cfg.events, None, None, processed=seen, error=error)
-    return RunResult(c.name, rnd, cfg.events,
-                     processing_s=(done - first) if first is not None else None,
-                     wall_s=done - t0, processed=seen, committed_s=committed_s)
+    if stamps is not None:  # broker append times of the first and the last output record
+        processing_s, wall_s = (stamps[1] - stamps[0]) / 1000, stamps[1] / 1000 - t0_wall
+    else:  # timed out: fall back to the polled times
+        processing_s = (done - first) if first is not None else None
+        wall_s = done - t0
+    return RunResult(c.name, rnd, cfg.events, processing_s=processing_s, wall_s=wall_s,
+                     processed=seen, committed_s=committed_s, verified=verified)
 
 
 class _Watcher:
@@ -312,6 +327,33 @@ class _Watcher:
                     return time.monotonic() - t0
                 time.sleep(0.1)
             return None
+        finally:
+            reader.close()
+
+    def read_back(self, topic: str, n: int, timeout: float = 120.0
+                  ) -> tuple[int | None, tuple[int, int] | None]:
+        """Sum of the ``value`` fields of the first ``n`` records, and their min and max stamps."""
+        import orjson
+        from confluent_kafka import Consumer, TopicPartition
+
+        reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-verify",
+                           "enable.auto.commit": False})
+        try:
+            reader.assign([TopicPartition(topic, p, 0) for p in range(self.partitions)])
+            total = seen = 0
+            lo, hi = None, None
+            deadline = time.monotonic() + timeout
+            while seen < n and time.monotonic() < deadline:
+                for msg in reader.consume(10_000, 0.5):
+                    if msg.error() is None:
+                        total += orjson.loads(msg.value())["value"]
+                        seen += 1
+                        ts = msg.timestamp()[1]
+                        lo = ts if lo is None or ts < lo else lo
+                        hi = ts if hi is None or ts > hi else hi
+            if seen < n:
+                return None, None
+            return total, (lo, hi)
         finally:
             reader.close()
 
@@ -366,12 +408,15 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+def _create_topic(bootstrap: str, topic: str, partitions: int, append_time: bool = False) -> None:
+    """Create a topic that keeps everything; ``append_time``: the broker stamps each record."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": bootstrap})
-    keep = {"retention.ms": "-1", "retention.bytes": "-1"}  # nothing expires during the run
-    for fut in admin.create_topics([NewTopic(topic, partitions, 1, config=keep)]).values():
+    config = {"retention.ms": "-1", "retention.bytes": "-1"}  # nothing expires during the run
+    if append_time:
+        config["message.timestamp.type"] = "LogAppendTime"
+    for fut in admin.create_topics([NewTopic(topic, partitions, 1, config=config)]).values():
         fut.result(30)
 
 
@@ -391,17 +436,22 @@ def _delete_topics(bootstrap: str, containing: str) -> None:
 
 
 # ---------------------------------------------------------------------- input
-def make_events(cfg: Config):
+def event_time_base(cfg: Config, now_ms: int) -> int:
+    """Where event time starts: so that it ends near ``now_ms``, on a window boundary.
+
+    Recent timestamps matter: the broker's time-based retention and segment rolling read record
+    timestamps, and records dated far back would be deleted during the run.
+    """
+    span = int(cfg.events * 1000 / cfg.events_per_second)
+    return now_ms - now_ms % cfg.window_ms - span
+
+
+def make_events(cfg: Config, base: int):
     """Yield (key, value, timestamp_ms) for N contract-shaped events, deterministic per seed."""
     from stream.wire import dumps
 
     rng = random.Random(cfg.seed)
     step = 1000 / cfg.events_per_second
-    # Event time ends about now, on a window boundary: the broker's time-based retention and
-    # segment rolling read record timestamps, and records dated far back would be deleted.
-    span = int(cfg.events * step)
-    now = int(time.time() * 1000)
-    base = now - now % cfg.window_ms - span
     for i in range(cfg.events):
         ts = base + int(i * step)
         user = f"u{rng.randrange(cfg.users):06d}"
@@ -415,7 +465,8 @@ def make_events(cfg: Config):
         yield user.encode(), dumps(event), ts
 
 
-def preload(bootstrap: str, topic: str, cfg: Config) -> None:
+def preload(bootstrap: str, topic: str, cfg: Config) -> int:
+    """Produce the N events; returns the checksum every contender's output must have."""
     from confluent_kafka import Consumer, Producer, TopicPartition
 
     failures: list[str] = []
@@ -426,7 +477,10 @@ def preload(bootstrap: str, topic: str, cfg: Config) -> None:
 
     producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True,
                          "linger.ms": 50, "batch.size": 1_000_000})
-    for key, value, ts in make_events(cfg):
+    windows: dict[tuple[bytes, int], int] = {}
+    for key, value, ts in make_events(cfg, event_time_base(cfg, int(time.time() * 1000))):
+        w = (key, ts - ts % cfg.window_ms)
+        windows[w] = windows.get(w, 0) + 1
         while True:
             try:
                 producer.produce(topic, value, key, timestamp=ts, on_delivery=on_delivery)
@@ -444,3 +498,15 @@ def preload(bootstrap: str, topic: str, cfg: Config) -> None:
         reader.close()
     if total != cfg.events:
         raise RuntimeError(f"{topic} holds {total} records, expected {cfg.events}")
+    return output_checksum(windows.values())
+
+
+def output_checksum(window_sizes) -> int:
+    """Sum of the ``value`` fields of all outputs when each input emits its window's running count.
+
+    A window holding c records emits 1, 2, ..., c, so the total is the sum of c(c+1)/2.
+
+    >>> output_checksum([1, 3])
+    7
+    """
+    return sum(c * (c + 1) // 2 for c in window_sizes)

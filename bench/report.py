@@ -33,6 +33,7 @@ class RunResult:
     processed: int | None = None     # output records seen; == n unless the run timed out
     committed_s: float | None = None  # process start until committed offsets reached the end
     error: str | None = None
+    verified: bool | None = None      # output checksum equals the reference (None: not checked)
 
     @property
     def complete(self) -> bool:
@@ -73,6 +74,7 @@ class Summary:
     runs: int                    # runs attempted
     rounds: int                  # runs with a rate
     complete_rounds: int         # runs that processed all n
+    verified_rounds: int         # runs whose output checksum matched the reference
     median_rate: float | None
     min_rate: float | None
     max_rate: float | None
@@ -116,6 +118,7 @@ def summarize(runs: list[RunResult], baseline: str, order: list[str] | None = No
             runs=len(rs),
             rounds=len(rates),
             complete_rounds=sum(1 for r in rs if r.complete),
+            verified_rounds=sum(1 for r in rs if r.verified),
             median_rate=medians[n],
             min_rate=min(rates) if rates else None,
             max_rate=max(rates) if rates else None,
@@ -145,13 +148,13 @@ def render_table(summaries: list[Summary], states: dict[str, str] | None = None)
     """A Markdown table of medians and ratios (it also reads well in a terminal)."""
     states = states or {}
     head = ("| contender | state | median msgs/s | min - max | median incl. start-up "
-            "| vs baseline | rounds complete |")
-    lines = [head, "| " + " | ".join(["---"] * 7) + " |"]
+            "| vs baseline | complete | verified |")
+    lines = [head, "| " + " | ".join(["---"] * 8) + " |"]
     for s in summaries:
         ratio = "-" if s.ratio is None else f"{s.ratio:g}x"
         lines.append(
             f"| {s.name} | {states.get(s.name, '')} | {format_rate(s.median_rate)} "
             f"| {format_rate(s.min_rate)} - {format_rate(s.max_rate)} "
             f"| {format_rate(s.median_wall_rate)} | {ratio} "
-            f"| {s.complete_rounds}/{s.runs} |")
+            f"| {s.complete_rounds}/{s.runs} | {s.verified_rounds}/{s.runs} |")
     return "\n".join(lines)
