@@ -101,6 +101,10 @@ class Settings:
     review_threshold: float = 0.5
     block_threshold: float = 0.9
     model_name: str = "default"
+    # Prometheus metrics and health endpoints (docs/operations.md). Loopback by default; containers
+    # set FRAUDSTREAM_METRICS_HOST=0.0.0.0 so the orchestrator can probe and scrape them.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9400
 
     # Local development broker (``fraudstream kafka``)
     local_kafka_host: str = "127.0.0.1"
@@ -186,6 +190,10 @@ class Settings:
                      "transaction_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if not 1 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port: must be between 1 and 65535, got {self.metrics_port}")
+        if not self.metrics_host.strip():
+            raise ConfigError("metrics_host: must not be empty")
         if self.local_kafka_port > 65534:
             raise ConfigError(f"local_kafka_port: must be below 65535 (the controller uses port+1), "
                               f"got {self.local_kafka_port}")
