@@ -31,7 +31,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    FRAUDSTREAM_STATE_DIR=/var/lib/fraudstream/state
+    FRAUDSTREAM_STATE_DIR=/var/lib/fraudstream/state \
+    FRAUDSTREAM_METRICS_HOST=0.0.0.0
 
 # A fixed uid/gid so volume ownership is predictable across rebuilds and hosts.
 RUN groupadd --system --gid 10001 fraudstream \
@@ -48,12 +49,19 @@ WORKDIR /app
 # Declared after the chown above: a fresh named volume is seeded with this ownership.
 VOLUME ["/var/lib/fraudstream"]
 
+# Prometheus metrics and health endpoints of the worker and trainer (stream/metrics_names.py):
+# /metrics, /healthz (liveness), /readyz (state restored). Bound to 0.0.0.0 above, since the
+# settings default of 127.0.0.1 is unreachable from outside the container.
+EXPOSE 9400
+
 # Numeric so orchestrators (Kubernetes runAsNonRoot) can verify it is not root; 10001 is the
 # fraudstream user created above.
 USER 10001:10001
 
-# Placeholder: only proves the interpreter, the installed package and its CLI load. Replace it with a
-# probe of the worker's health endpoint once the metrics/health server exists.
+# Image-wide check: proves the interpreter, the installed package and its CLI load. It stays this
+# generic because the same image also runs one-shot commands (topics create, replay) that serve no
+# HTTP endpoint; the long-running services (Compose worker/trainer, Kubernetes probes) probe
+# /healthz and /readyz on port 9400 instead.
 HEALTHCHECK --interval=30s --timeout=10s --start-period=20s --retries=3 \
     CMD ["fraudstream", "--version"]
 

@@ -38,7 +38,17 @@ ENV_NAME_RE = re.compile(r"\b" + ENV_PREFIX + r"[A-Z0-9_]+(?![A-Za-z0-9_<])")
 # Compose interpolation with a default: ${NAME:-default} or ${NAME-default}.
 INTERPOLATION_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*):?-([^}]*)\}")
 
-EXPECTED_SERVICES = ("kafka", "topics", "worker")
+EXPECTED_SERVICES = ("kafka", "topics", "worker", "trainer", "replay", "prometheus", "grafana")
+# Services that run the fraudstream image and keep running: they serve /metrics and the probes.
+LONG_RUNNING = ("worker", "trainer")
+
+# Subcommands the deployment files already run although the CLI does not have them yet, each with
+# the work that adds it. Everything else a container runs must resolve against the real click CLI.
+# Once a planned command exists, test_planned_commands_do_not_exist_yet fails: delete its entry
+# here, and the full check (subcommand and every option) applies to it from then on.
+PLANNED_COMMANDS: dict[str, str] = {
+    "trainer": "online model trainer (`fraudstream trainer`, issue 7 / model training work)",
+}
 
 
 # ---------------------------------------------------------------------- parsing helpers
@@ -320,26 +330,105 @@ def test_dockerfile_env_names_are_settings(dockerfile):
             assert name[len(ENV_PREFIX):].lower() in SETTINGS_FIELDS, name
 
 
-@pytest.mark.parametrize("name", ["topics", "worker"])
+@pytest.mark.parametrize("name", ["topics", "worker", "trainer", "replay"])
 def test_service_settings_load_and_validate(compose, name):
     # Coerces and validates every value the way the real process will (bad ints, guarantees...).
     settings = effective_settings(compose["services"][name])
     assert settings.replication_factor == 1, "one broker cannot hold more than one replica"
 
 
-def test_topics_and_worker_agree_on_the_topology(compose):
+@pytest.mark.parametrize("name", ["worker", "trainer", "replay"])
+def test_services_agree_on_the_topology(compose, name):
     topics = effective_settings(compose["services"]["topics"])
-    worker = effective_settings(compose["services"]["worker"])
+    other = effective_settings(compose["services"][name])
     for field in ("bootstrap_servers", "topic_events", "topic_labels", "topic_scores",
                   "topic_dead_letter", "partitions", "replication_factor"):
-        assert getattr(topics, field) == getattr(worker, field), field
+        assert getattr(topics, field) == getattr(other, field), field
 
 
 def test_worker_replicas_get_distinct_instance_ids(compose):
     # Every replica of `--scale worker=N` shares this environment; a fixed instance id would give
     # them one transactional id, and the brokers would fence all but one.
-    for name in ("topics", "worker"):
+    for name in ("topics", "worker", "replay"):
         assert effective_settings(compose["services"][name]).instance_id is None, name
+
+
+def test_two_workers_and_a_trainer_in_its_own_group(compose):
+    services = compose["services"]
+    assert services["worker"].get("deploy", {}).get("replicas") == 2
+    worker = effective_settings(services["worker"])
+    trainer = effective_settings(services["trainer"])
+    assert trainer.group_id != worker.group_id, "the trainer must not join the workers' group"
+    assert trainer.instance_id, "one trainer: a fixed instance id fences a restarted predecessor"
+    assert "deploy" not in services["trainer"] or services["trainer"]["deploy"].get("replicas", 1) == 1
+
+
+def test_replay_is_an_opt_in_profile_reading_a_mounted_log(compose, dockerfile):
+    replay = compose["services"]["replay"]
+    assert replay.get("profiles") == ["replay"], "`docker compose up` must not start a replay"
+    assert replay.get("restart") == "no"
+    args = dict((n, a) for n, _, a in fraudstream_services(compose, dockerfile))["replay"]
+    assert args[args.index("--speed") + 1] == "max"
+    log = Path(args[1])
+    mounts = [interpolate_defaults(str(v)).split(":") for v in replay.get("volumes", [])]
+    assert any(len(m) == 3 and Path(m[1]) in log.parents and m[2] == "ro" for m in mounts), (
+        f"replay log {log} is not on a read-only mount: {mounts}")
+    assert replay["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_every_dependency_is_a_service(compose):
+    services = compose["services"]
+    for name, service in services.items():
+        deps = service.get("depends_on") or {}
+        for dep in (deps if isinstance(deps, list) else deps.keys()):
+            assert dep in services, f"service {name} depends on unknown service {dep}"
+
+
+def test_third_party_images_are_pinned(compose):
+    for name, service in compose["services"].items():
+        if uses_project_image(service):
+            continue
+        image = service.get("image", "")
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest" and "/" not in tag, (
+            f"service {name}: pin the image to a version, got {image!r}")
+
+
+# ---------------------------------------------------------------------- compose: metrics, health
+def _metrics_conventions():
+    from stream import metrics_names
+
+    return metrics_names
+
+
+@pytest.mark.parametrize("name", LONG_RUNNING)
+def test_long_running_services_serve_metrics_and_health(compose, name):
+    names = _metrics_conventions()
+    service = compose["services"][name]
+    settings = effective_settings(service)
+    assert settings.metrics_host == "0.0.0.0", (
+        f"{name}: metrics bound to {settings.metrics_host} are unreachable from Prometheus")
+    assert settings.metrics_port == names.DEFAULT_METRICS_PORT
+    exposed = {int(str(p).split("/")[0]) for p in service.get("expose", [])}
+    assert settings.metrics_port in exposed, f"{name}: expose {settings.metrics_port}"
+    test = service.get("healthcheck", {}).get("test")
+    assert test and test[0] == "CMD", f"{name}: needs an exec-form healthcheck"
+    url = re.search(r"http://(127\.0\.0\.1|localhost):(\d+)(/\S*?)['\"]", " ".join(test))
+    assert url, f"{name}: healthcheck does not probe the health endpoint: {test}"
+    assert int(url.group(2)) == settings.metrics_port
+    assert url.group(3) in (names.LIVENESS_PATH, names.READINESS_PATH), url.group(3)
+    assert service.get("stop_grace_period") == "30s"
+
+
+def test_prometheus_and_grafana_mount_the_repository_config(compose):
+    for name, wanted in (("prometheus", ["deploy/prometheus/prometheus.yml"]),
+                         ("grafana", ["deploy/grafana/provisioning", "deploy/grafana/dashboards"])):
+        sources = [str(v).split(":")[0] for v in compose["services"][name].get("volumes", [])]
+        for path in wanted:
+            assert f"./{path}" in sources, f"{name} does not mount {path}: {sources}"
+            assert (ROOT / path).exists(), f"{name} mounts {path}, which does not exist"
+    command = " ".join(compose["services"]["prometheus"].get("command", []))
+    assert "--config.file=/etc/prometheus/prometheus.yml" in command
 
 
 def test_worker_settings_from_the_brief(compose):
@@ -392,20 +481,45 @@ def resolve_cli(main: Any, args: list[str]) -> tuple[list[str], Any]:
     return path, command
 
 
+def check_command(main: Any, args: list[str]) -> tuple[list[str], Any]:
+    """``resolve_cli`` for real commands; a planned one (PLANNED_COMMANDS) resolves to None."""
+    first = next((a for a in args if not a.startswith("-")), None)
+    if first in PLANNED_COMMANDS and first not in _subcommands(main):
+        return [first], None
+    return resolve_cli(main, args)
+
+
+def test_planned_commands_do_not_exist_yet():
+    main = _cli_main()
+    landed = sorted(set(PLANNED_COMMANDS) & set(_subcommands(main)))
+    assert not landed, (f"{landed} now exist in the CLI: remove them from PLANNED_COMMANDS so the "
+                        "deployment files are checked against their real options")
+
+
+def test_resolve_cli_rejects_unknown_commands():
+    main = _cli_main()
+    with pytest.raises(AssertionError, match="no such command"):
+        check_command(main, ["no-such-command"])
+    with pytest.raises(AssertionError, match="unknown option"):
+        check_command(main, ["worker", "--no-such-option"])
+
+
 def test_every_fraudstream_command_is_a_real_subcommand(compose, dockerfile):
     import click
 
     main = _cli_main()
     checked = []
     for name, _, args in fraudstream_services(compose, dockerfile):
-        path, command = resolve_cli(main, args)
+        path, command = check_command(main, args)
         assert path, f"service {name} runs bare `fraudstream` with no subcommand"
         assert not isinstance(command, click.Group) or command.invoke_without_command, (
             f"service {name}: `fraudstream {' '.join(path)}` is a group, not a command")
         checked.append((name, path))
-    assert {n for n, _ in checked} >= {"topics", "worker"}, checked
+    assert {n for n, _ in checked} >= {"topics", "worker", "trainer", "replay"}, checked
     assert dict(checked)["topics"] == ["topics", "create"]
     assert dict(checked)["worker"] == ["worker"]
+    assert dict(checked)["trainer"] == ["trainer"]
+    assert dict(checked)["replay"] == ["replay"]
 
 
 def test_dockerfile_default_command_and_healthcheck_are_real(dockerfile):
@@ -460,7 +574,8 @@ def test_kafka_log_dir_is_on_a_volume(compose):
 
 def test_build_context_points_at_the_dockerfile(compose):
     built = {n: s["build"] for n, s in compose["services"].items() if "build" in s}
-    assert {"topics", "worker"} <= set(built), f"services built from the Dockerfile: {sorted(built)}"
+    assert {"topics", "worker", "trainer", "replay"} <= set(built), (
+        f"services built from the Dockerfile: {sorted(built)}")
     for name, build in built.items():
         if isinstance(build, str):
             context, dockerfile = build, "Dockerfile"
@@ -512,6 +627,19 @@ def test_dockerfile_entrypoint_cmd_workdir_volume(dockerfile):
     # The default state_dir is relative to WORKDIR, which is not on the volume.
     assert any(state_dir == Path(v) or Path(v) in state_dir.parents for v in volumes), (
         f"image state_dir {state_dir} is not on a declared VOLUME {volumes}")
+
+
+def test_dockerfile_exposes_the_metrics_port_and_binds_it(dockerfile):
+    names = _metrics_conventions()
+    stage = final_stage(dockerfile)
+    exposed = {int(p.split("/")[0]) for i in stage if i.keyword == "EXPOSE" for p in i.args.split()}
+    assert names.DEFAULT_METRICS_PORT in exposed, exposed
+    env = {}
+    for ins in stage:
+        if ins.keyword == "ENV":
+            env.update(m.split("=", 1) for m in shlex.split(ins.args) if "=" in m)
+    assert env.get(ENV_PREFIX + "METRICS_HOST") == "0.0.0.0"
+    assert Settings().metrics_port == names.DEFAULT_METRICS_PORT
 
 
 def _healthcheck_argv(instructions: list[Instruction]) -> list[str]:
