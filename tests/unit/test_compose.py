@@ -482,9 +482,13 @@ def resolve_cli(main: Any, args: list[str]) -> tuple[list[str], Any]:
 
 
 def check_command(main: Any, args: list[str]) -> tuple[list[str], Any]:
-    """``resolve_cli`` for real commands; a planned one (PLANNED_COMMANDS) resolves to None."""
+    """``resolve_cli`` for real commands; a planned one (PLANNED_COMMANDS) resolves to None.
+
+    A planned command's options are unknown until it exists, so it must be run bare."""
     first = next((a for a in args if not a.startswith("-")), None)
     if first in PLANNED_COMMANDS and first not in _subcommands(main):
+        assert args == [first], (f"planned command `fraudstream {first}` is run with {args[1:]}: "
+                                 "options cannot be checked before the command exists")
         return [first], None
     return resolve_cli(main, args)
 
@@ -502,6 +506,8 @@ def test_resolve_cli_rejects_unknown_commands():
         check_command(main, ["no-such-command"])
     with pytest.raises(AssertionError, match="unknown option"):
         check_command(main, ["worker", "--no-such-option"])
+    with pytest.raises(AssertionError, match="planned command"):
+        check_command(main, ["trainer", "--no-such-option"])
 
 
 def test_every_fraudstream_command_is_a_real_subcommand(compose, dockerfile):
