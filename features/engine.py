@@ -38,6 +38,7 @@ __all__ = ["FeatureEngine", "EngineStats", "INDEX_PREFIX"]
 INDEX_PREFIX = b"\x00ix/"
 _KEY_SEP = "\x1f"
 _EMPTY: tuple = ()
+_SCALARS = (str, int, float, bool)
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 # Variances below this fraction of the mean square are rounding noise (sum-of-squares formula).
@@ -188,6 +189,8 @@ class FeatureEngine:
         self._fields = tuple(sorted(fields))
         self._numeric = tuple(sorted({name for g in groups.values() for vf in g.vfields
                                       for name in vf}))
+        self._keyed = tuple(sorted({name for g in groups.values()
+                                    for name in (*g.entity, *(f for df in g.dfields for f in df))}))
         self._labels = any(g.label_rings for g in self._groups)
 
     # ------------------------------------------------------------------ events
@@ -204,6 +207,11 @@ class FeatureEngine:
             v = vals[name]
             if v is not None and type(v) is not float and type(v) is not int:
                 raise FeatureError(f"{name} must be a number, got {v!r}")
+        for name in self._keyed:  # validated before any state changes
+            v = vals[name]
+            if v is not None and type(v) not in _SCALARS:
+                raise FeatureError(f"{name} must be a string or number to key or count "
+                                   f"distinct values, got {type(v).__name__}")
         if type(t) is not int:
             raise FeatureError(f"event_time must be epoch milliseconds (int), got {t!r}")
         self.stats.events += 1
@@ -298,6 +306,8 @@ class FeatureEngine:
         eid, verdict = get("event_id"), get("is_fraud")
         if eid is None or verdict is None:
             raise FeatureError("a label needs event_id and is_fraud")
+        if type(verdict) is not bool and verdict not in (0, 1):
+            raise FeatureError(f"is_fraud must be true or false, got {verdict!r}")
         verdict = bool(verdict)
         ikey = INDEX_PREFIX + str(eid).encode()
         entry = self.store.get(ikey) if self._labels else None
@@ -316,8 +326,8 @@ class FeatureEngine:
         for gi, key in pairs:
             g = self._groups[gi]
             st = self.store.get(key)
-            if st is None:
-                continue
+            if st is None or event_t < st[0] - self._ttl:
+                continue  # the entity expired since (a later life must not see this label)
             for ri in g.label_rings:
                 g.specs[ri].fold_label(st[2][ri], event_t, st[0], labeled, fraud)
             self.store.put(key, st)

@@ -73,6 +73,17 @@ def test_idle_entity_expires_after_ttl(store):
     assert store.expire(4 * D) == 0 and store.expire(4 * D + 2) == 1
 
 
+def test_label_for_an_expired_life_is_ignored(store):
+    fs = FeatureSet([Feature("fraud_count", entity="user_id")], ttl="2d")
+    engine = FeatureEngine(fs, store)
+    engine.process(_ev(1, 0))
+    engine.process(_ev(2, 3 * D))                      # more than ttl later: a new life
+    engine.process_label({"event_id": "e1", "is_fraud": True})
+    assert engine.process(_ev(3, 3 * D + 1))["user_fraud_count_lifetime"] == 0
+    engine.process_label({"event_id": "e2", "is_fraud": True})
+    assert engine.process(_ev(4, 3 * D + 2))["user_fraud_count_lifetime"] == 1
+
+
 def test_distinct_count_is_exact_then_sampled():
     fs = FeatureSet([Feature("distinct", entity="merchant_id", field="user_id", window="1h"),
                      Feature("distinct", entity="merchant_id", field="user_id")],
@@ -109,6 +120,10 @@ def test_event_objects_and_attributes_are_read():
         engine.process({"event_time": "yesterday", "user_id": "u1"})
     with pytest.raises(FeatureError):
         engine.process({"event_time": 1, "user_id": "u1", "amount": "12"})
+    with pytest.raises(FeatureError):
+        engine.process({"event_time": 1, "user_id": "u1", "shop": {"nested": 1}})
+    with pytest.raises(FeatureError):
+        engine.process_label({"event_id": "e1", "is_fraud": "false"})
 
 
 def test_bad_definitions_are_rejected():
