@@ -9,8 +9,6 @@ an invalid setting exits 2.
 from __future__ import annotations
 
 import gzip
-import io
-import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -283,24 +281,32 @@ def tail(ctx: click.Context, min_score: float, as_json: bool, group: str | None,
                                     "default: host name.")
 @click.option("--group-id", help="Consumer group shared by the workers.")
 @click.option("--processing-guarantee", type=click.Choice(["exactly_once", "at_least_once"]))
+@click.option("--features", "features_file", type=click.Path(exists=True, dir_okay=False),
+              help="Feature definitions (TOML); default: the built-in set.")
 @click.option("--exit-when-idle", type=float,
               help="Exit after this many seconds without input (batch back-fills, demos).")
 @click.pass_context
 def worker(ctx: click.Context, instance_id: str | None, group_id: str | None,
-           processing_guarantee: str | None, exit_when_idle: float | None) -> None:
+           processing_guarantee: str | None, features_file: str | None,
+           exit_when_idle: float | None) -> None:
     """Consume events, compute features, score, produce scores and dead letters."""
     from stream.runtime import Worker
 
     s = _settings(ctx, instance_id=instance_id, group_id=group_id,
-                  processing_guarantee=processing_guarantee)
+                  processing_guarantee=processing_guarantee, features_file=features_file)
     _setup_logging(s)
+    import faulthandler
+    import signal as _signal
+
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a worker waits.
+    faulthandler.register(_signal.SIGUSR1, all_threads=True)
     w = Worker(s)
     w.install_signal_handlers()
     stats = w.run(exit_when_idle=exit_when_idle)
     click.echo(f"worker {w.instance_id}: consumed {stats.consumed}, scored {stats.scored}, "
                f"forwarded {stats.forwarded}, labels {stats.labels}, "
                f"dead-lettered {stats.dead_lettered}, commits {stats.commits}, "
-               f"restored {stats.restored_records}", err=True)
+               f"restored {stats.restored_records}, recoveries {stats.recoveries}", err=True)
 
 
 # ---------------------------------------------------------------------- config

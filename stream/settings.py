@@ -101,6 +101,8 @@ class Settings:
     review_threshold: float = 0.5
     block_threshold: float = 0.9
     model_name: str = "default"
+    # Feature definitions (TOML, see docs/features.md); empty means the default set.
+    features_file: str | None = None
     # Prometheus metrics and health endpoints (docs/operations.md). Loopback by default; containers
     # set FRAUDSTREAM_METRICS_HOST=0.0.0.0 so the orchestrator can probe and scrape them.
     metrics_host: str = "127.0.0.1"

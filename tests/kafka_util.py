@@ -40,3 +40,30 @@ def read_topic(settings: Settings, topic: str, expected: int | None = None,
 
 def headers_of(msg: Message) -> dict[str, bytes]:
     return {k: v for k, v in (msg.headers() or [])}
+
+
+def process_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a ``fraudstream`` subprocess using ``settings``' broker, topics and group.
+
+    Inherited FRAUDSTREAM_* variables are dropped so the test decides every setting; ``extra``
+    adds more (``extra={"FRAUDSTREAM_X": ...}`` style names).
+    """
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
+    for name in ("bootstrap_servers", "topic_events", "topic_labels", "topic_scores",
+                 "topic_dead_letter", "partitions", "group_id", "state_dir"):
+        env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(settings, name))
+    env.update(extra)
+    return env
+
+
+# Killed members hold their partitions until their session times out: keep that short in tests.
+FAST_FAILOVER = {"FRAUDSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000",
+                 "FRAUDSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000"}
+
+
+def count_scores(settings: Settings, topic: str | None = None) -> int:
+    """How many committed records the scores topic holds now (sum of partition end offsets is
+    not enough under transactions: commit markers take offsets too)."""
+    return len(read_topic(settings, topic or settings.topic_scores, timeout=2, idle=0))

@@ -182,7 +182,7 @@ class LocalKafka:
         self._format(java)
         classpath = str(self.jars_dir / "*")
         cmd = [
-            java, f"-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
+            java, "-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20",
             "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J}",
             f"-Dfraudstream.broker.log={self.log_file}",

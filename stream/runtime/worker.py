@@ -24,8 +24,10 @@ checkpoint the store is brought up to date from the changelog tail; without one 
 machine, or a crash) the store is wiped and rebuilt from the whole changelog. Restoring happens in
 the main loop with the task's input partition paused, never inside a rebalance callback.
 
-If a transaction must be aborted the worker stops with an error: the in-memory state has moved past
-what was committed, and a restart (which restores from the changelog) is the recovery.
+If a transaction must be aborted (a broker restart, a timed-out transaction, a failed delivery),
+the worker aborts it, drops every task without a checkpoint, seeks its input back to the committed
+offsets and restores each task from its changelog: the state returns to exactly the last commit and
+processing resumes. Fatal errors (another instance fenced this one) stop the worker.
 
 Under ``at_least_once`` steps 1, 4 and 5 become: flush the producer, then commit the offsets. A
 crash between the two re-processes the batch; feature state may then count those events twice.
@@ -38,12 +40,14 @@ import os
 import shutil
 import signal
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from confluent_kafka import Consumer, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (OFFSET_BEGINNING, Consumer, KafkaException, Message, Producer,
+                             TopicPartition)
 from confluent_kafka import KafkaError as _RdKafkaError
 
 from features.default import default_feature_set
@@ -63,6 +67,15 @@ from stream.topics import ensure_topics, project_topics
 __all__ = ["Worker", "WorkerStats", "decide"]
 
 log = logging.getLogger(__name__)
+
+# Transactional calls get this timeout; a call still blocked after _WATCHDOG_S is declared stuck.
+_TXN_CALL_S = 30
+_WATCHDOG_S = 45
+
+
+class _Stuck(Exception):
+    """A librdkafka transactional call did not return in time."""
+
 
 # Keys of internal repartition records: an event with the features computed so far, or a label.
 _EVENT, _FEATURES, _LABEL = "e", "f", "l"
@@ -86,6 +99,7 @@ class WorkerStats:
     dead_lettered: int = 0
     commits: int = 0
     restored_records: int = 0
+    recoveries: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -111,7 +125,14 @@ class Worker:
         self.settings = settings
         self.instance_id = instance_id or settings.instance_id or socket.gethostname()
         self.exactly_once = settings.processing_guarantee == "exactly_once"
-        self.topology = Topology.build(settings, feature_set or default_feature_set())
+        if feature_set is None:
+            if settings.features_file:
+                from features.config import load as load_features
+
+                feature_set = load_features(settings.features_file)
+            else:
+                feature_set = default_feature_set()
+        self.topology = Topology.build(settings, feature_set)
         self.scorer: Scorer = scorer or HeuristicScorer()
         self.state_backend = state_backend
         self.state_root = Path(settings.state_dir) / settings.group_id / self.instance_id
@@ -126,15 +147,16 @@ class Worker:
         self._batch_records = 0
         self._batch_started = 0.0
         self._delivery_error: str | None = None
+        self._delivery_failures = 0
 
         client = f"{settings.client_id}-{self.instance_id}"
         self._consumer = Consumer(settings.consumer_config(settings.group_id,
                                                            **{"client.id": client}))
-        extra: dict[str, Any] = {"client.id": client}
+        self._producer_conf: dict[str, Any] = {"client.id": client}
         if self.exactly_once:
-            extra["transactional.id"] = f"{settings.group_id}-{self.instance_id}"
-            extra["transaction.timeout.ms"] = settings.transaction_timeout_ms
-        self._producer = Producer(settings.producer_config(**extra))
+            self._producer_conf["transactional.id"] = f"{settings.group_id}-{self.instance_id}"
+            self._producer_conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
+        self._producer = Producer(settings.producer_config(**self._producer_conf))
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: Any) -> None:
@@ -159,10 +181,7 @@ class Worker:
             max_events: int | None = None) -> WorkerStats:
         self.ensure_topics()
         if self.exactly_once:
-            try:
-                self._producer.init_transactions(60)
-            except KafkaException as exc:
-                raise KafkaError(f"cannot initialise transactions: {exc.args[0].str()}") from None
+            self._init_transactions()
         topics = [st.input_topic for st in self.topology.stages] + [self.settings.topic_labels]
         self._consumer.subscribe(topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
                                  on_lost=self._on_lost)
@@ -179,8 +198,15 @@ class Worker:
                 msgs = self._consumer.consume(batch, 0.05)
                 if msgs:
                     last_activity = time.monotonic()
-                    for msg in msgs:
-                        self._handle(msg)
+                    try:
+                        for msg in msgs:
+                            self._handle(msg)
+                    except KafkaException as exc:
+                        # produce() refuses while the transaction is in an error state.
+                        if exc.args[0].fatal() or not self.exactly_once:
+                            raise KafkaError(f"producing failed: {exc.args[0].str()}") from None
+                        self._recover(exc.args[0].str())
+                        continue
                 elif (exit_when_idle is not None and not self._batch_records
                       and time.monotonic() - last_activity >= exit_when_idle):
                     log.info("idle for %.1fs: exiting", exit_when_idle)
@@ -321,8 +347,10 @@ class Worker:
 
     def _on_delivery(self, err: _RdKafkaError | None, msg: Message) -> None:
         if err is not None:
-            log.error("delivery to %s failed: %s", msg.topic(), err.str())
-            self._delivery_error = err.str()
+            # Counted and logged once per commit: a broker outage fails thousands at once.
+            self._delivery_failures += 1
+            if self._delivery_error is None:
+                self._delivery_error = f"{msg.topic()}: {err.str()}"
 
     # ------------------------------------------------------------------ committing
     def _commit_due(self) -> bool:
@@ -347,19 +375,29 @@ class Worker:
         if self.exactly_once:
             try:
                 self._flush_changelogs()
-                self._producer.send_offsets_to_transaction(
-                    offsets, self._consumer.consumer_group_metadata(), 30)
-                self._producer.commit_transaction(60)
+                metadata = self._consumer.consumer_group_metadata()
+                self._guarded(lambda: self._producer.send_offsets_to_transaction(
+                    offsets, metadata, _TXN_CALL_S), "send_offsets_to_transaction")
+                self._guarded(self._commit_transaction, "commit_transaction")
+            except _Stuck as stuck:
+                # A librdkafka call outlived its own timeout (seen when the group coordinator
+                # disappears mid-call). Fence the stuck producer with a fresh one under the same
+                # transactional id, which aborts its open transaction, then rewind.
+                log.error("%s did not return within %ss: replacing the producer", stuck,
+                          _WATCHDOG_S)
+                self._producer = Producer(self.settings.producer_config(**self._producer_conf))
+                self._init_transactions()
+                self._recover(str(stuck), abort=False)
+                return
             except KafkaException as exc:
                 err = exc.args[0]
-                if err.txn_requires_abort():
-                    try:
-                        self._producer.abort_transaction(30)
-                    except KafkaException:
-                        pass
-                self._in_txn = False
-                raise KafkaError(f"transaction failed ({err.str()}); state is past the last "
-                                 "commit, so the worker stops: restart it to resume") from None
+                if err.fatal():
+                    self._in_txn = False
+                    raise KafkaError(f"transaction failed: {err.str()}") from None
+                # Abortable, or timed out (outputs expired while the broker was away): either
+                # way this transaction cannot be trusted to commit; start again from the last one.
+                self._recover(err.str())
+                return
             self._in_txn = False
         else:
             self._flush_changelogs()
@@ -371,6 +409,103 @@ class Worker:
         self.stats.commits += 1
         self._offsets.clear()
         self._batch_records = 0
+
+    def _init_transactions(self) -> None:
+        try:
+            self._guarded(lambda: self._producer.init_transactions(_TXN_CALL_S),
+                          "init_transactions")
+        except (KafkaException, _Stuck) as exc:
+            detail = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
+            raise KafkaError(f"cannot initialise transactions: {detail}") from None
+
+    @staticmethod
+    def _guarded(call: Callable[[], None], name: str) -> None:
+        """Run a blocking transactional call on a helper thread, giving up after a deadline."""
+        outcome: list[BaseException | None] = []
+
+        def target() -> None:
+            try:
+                call()
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome.append(exc)
+
+        thread = threading.Thread(target=target, name=f"txn-{name}", daemon=True)
+        thread.start()
+        thread.join(_WATCHDOG_S)
+        if thread.is_alive():
+            raise _Stuck(name)
+        if outcome and outcome[0] is not None:
+            raise outcome[0]
+
+    def _commit_transaction(self) -> None:
+        """Commit, retrying while the outcome is unknown (e.g. the coordinator is moving)."""
+        deadline = time.monotonic() + _WATCHDOG_S - _TXN_CALL_S
+        while True:
+            try:
+                self._producer.commit_transaction(_TXN_CALL_S)
+                return
+            except KafkaException as exc:
+                err = exc.args[0]
+                if err.retriable() and time.monotonic() < deadline:
+                    log.warning("transaction commit will be retried: %s", err.str())
+                    continue
+                raise
+
+    def _committed_offsets(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        """The group's committed offsets, waiting out a coordinator that is away for a while."""
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                return self._consumer.committed(partitions, timeout=30)
+            except KafkaException as exc:
+                if exc.args[0].fatal() or time.monotonic() >= deadline:
+                    raise KafkaError(f"cannot read committed offsets: {exc.args[0].str()}") \
+                        from None
+                log.warning("committed offsets not available yet (%s); retrying",
+                            exc.args[0].str())
+
+    def _recover(self, reason: str, abort: bool = True) -> None:
+        """Abort, forget uncommitted state, rewind input to the committed offsets, restore."""
+        if self._delivery_failures:
+            log.warning("%d outputs of this transaction were not delivered (first: %s)",
+                        self._delivery_failures, self._delivery_error)
+        log.warning("aborting the transaction (%s): rewinding to the last commit", reason)
+        self._delivery_failures = 0
+        if abort:
+            try:
+                self._guarded(lambda: self._producer.abort_transaction(_TXN_CALL_S),
+                              "abort_transaction")
+            except (_Stuck, KafkaException) as exc:
+                if isinstance(exc, KafkaException) and exc.args[0].fatal():
+                    raise KafkaError(f"cannot abort the transaction: {exc.args[0].str()}") \
+                        from None
+                # A producer that can neither commit nor abort is replaced; the new one's
+                # init_transactions fences it and aborts whatever it left open.
+                self._producer = Producer(self.settings.producer_config(**self._producer_conf))
+                self._init_transactions()
+        self._in_txn = False
+        self._offsets.clear()
+        self._batch_records = 0
+        self._delivery_error = None
+        self._delivery_failures = 0
+        self.stats.recoveries += 1
+        # Without a checkpoint each task is rebuilt from its changelog when reopened.
+        for task in self._tasks.values():
+            task.store.close()
+        self._tasks.clear()
+        assignment = self._consumer.assignment()
+        committed = self._committed_offsets(assignment)
+        for tp in committed:
+            offset = tp.offset if tp.offset >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(tp.topic, tp.partition, offset))
+            stage = self._by_topic.get(tp.topic)
+            if stage is not None:
+                self._to_restore[(stage.index, tp.partition)] = TopicPartition(tp.topic,
+                                                                               tp.partition)
+        paused = list(self._to_restore.values())
+        if paused:
+            self._consumer.pause(paused)
 
     # ------------------------------------------------------------------ tasks and state
     def _task_dir(self, stage: Stage, partition: int) -> Path:

@@ -15,20 +15,11 @@ from stream.localkafka import _alive
 from stream.publisher import EventPublisher
 from stream.topics import ensure_topics
 from tests.conftest import ROOT, _free_port_pair
-from tests.kafka_util import read_topic
+from tests.kafka_util import process_env, read_topic
 
 
 def _env(s) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    env.update({
-        "FRAUDSTREAM_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-        "FRAUDSTREAM_TOPIC_EVENTS": s.topic_events,
-        "FRAUDSTREAM_TOPIC_LABELS": s.topic_labels,
-        "FRAUDSTREAM_TOPIC_SCORES": s.topic_scores,
-        "FRAUDSTREAM_TOPIC_DEAD_LETTER": s.topic_dead_letter,
-        "FRAUDSTREAM_PARTITIONS": str(s.partitions),
-    })
-    return env
+    return process_env(s)
 
 
 def fraudstream(*args: str, env: dict[str, str], stdin: bytes | None = None,

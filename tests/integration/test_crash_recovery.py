@@ -12,7 +12,6 @@ that order depends on timing (see docs/runtime.md).
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import signal
@@ -27,28 +26,9 @@ from stream.publisher import EventPublisher
 from stream.runtime import Worker
 from stream.topics import ensure_topics
 from tests.conftest import ROOT
-from tests.kafka_util import read_topic
+from tests.kafka_util import FAST_FAILOVER, process_env, read_topic
 
 N_EVENTS = 50_000
-
-
-def _env(s, group: str, state_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    env.update({
-        "FRAUDSTREAM_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-        "FRAUDSTREAM_TOPIC_EVENTS": s.topic_events,
-        "FRAUDSTREAM_TOPIC_LABELS": s.topic_labels,
-        "FRAUDSTREAM_TOPIC_SCORES": s.topic_scores,
-        "FRAUDSTREAM_TOPIC_DEAD_LETTER": s.topic_dead_letter,
-        "FRAUDSTREAM_PARTITIONS": str(s.partitions),
-        "FRAUDSTREAM_GROUP_ID": group,
-        "FRAUDSTREAM_STATE_DIR": str(state_dir),
-        "FRAUDSTREAM_TRANSACTION_TIMEOUT_MS": "10000",
-        # A killed member holds its partitions until its session times out: keep that short.
-        "FRAUDSTREAM_KAFKA__SESSION_TIMEOUT_MS": "6000",
-        "FRAUDSTREAM_KAFKA__HEARTBEAT_INTERVAL_MS": "1000",
-    })
-    return env
 
 
 def _scores(s, topic: str, expected: int) -> dict[str, list[float]]:
@@ -77,7 +57,8 @@ def test_sigkill_at_random_points_gives_exactly_once_and_reference_scores(kafka_
     assert stats.scored == N_EVENTS
     expected = _scores(reference, reference.topic_scores, N_EVENTS)
 
-    env = _env(base, base.group_id + "-crash", tmp_path / "crash-state")
+    crash = base.replace(group_id=base.group_id + "-crash", state_dir=str(tmp_path / "crash"))
+    env = process_env(crash, FRAUDSTREAM_TRANSACTION_TIMEOUT_MS="10000", **FAST_FAILOVER)
     cmd = [sys.executable, "-m", "stream", "worker", "--instance-id", "c1"]
     kills = 0
     log_path = tmp_path / "worker.log"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from stream.events import decode_score
 from stream.publisher import EventPublisher
 from stream.topics import ensure_topics
 from stream.runtime import Worker
-from tests.kafka_util import headers_of, read_topic
+from tests.kafka_util import headers_of, process_env, read_topic
 
 N_VALID = 400
 
@@ -98,17 +97,7 @@ def test_worker_process_sigterm_commits_and_exits_cleanly(kafka_settings, tmp_pa
     with EventPublisher(s) as pub:
         for event in events:
             pub.publish(event)
-    env = dict(os.environ)
-    env.update({
-        "FRAUDSTREAM_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-        "FRAUDSTREAM_TOPIC_EVENTS": s.topic_events,
-        "FRAUDSTREAM_TOPIC_SCORES": s.topic_scores,
-        "FRAUDSTREAM_TOPIC_LABELS": s.topic_labels,
-        "FRAUDSTREAM_TOPIC_DEAD_LETTER": s.topic_dead_letter,
-        "FRAUDSTREAM_GROUP_ID": s.group_id,
-        "FRAUDSTREAM_PARTITIONS": str(s.partitions),
-        "FRAUDSTREAM_STATE_DIR": s.state_dir,
-    })
+    env = process_env(s)
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen([sys.executable, "-m", "stream", "worker", "--instance-id", "sig"],
                             env=env, stdout=log, stderr=subprocess.STDOUT)
