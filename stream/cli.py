@@ -300,7 +300,7 @@ def worker(ctx: click.Context, instance_id: str | None, group_id: str | None,
 
     # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a worker waits.
     faulthandler.register(_signal.SIGUSR1, all_threads=True)
-    w = Worker(s)
+    w = Worker(s, serve_metrics=True)
     w.install_signal_handlers()
     stats = w.run(exit_when_idle=exit_when_idle)
     click.echo(f"worker {w.instance_id}: consumed {stats.consumed}, scored {stats.scored}, "

@@ -57,6 +57,7 @@ from stream import wire
 from stream.deadletter import dead_letter_headers
 from stream.events import Score, decode_event, decode_label
 from stream.exceptions import DecodeError, KafkaError
+from stream.observability import HealthServer, WorkerMetrics
 from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
 from stream.runtime.scoring import HeuristicScorer, Scorer
 from stream.runtime.topology import Stage, Topology
@@ -77,8 +78,9 @@ class _Stuck(Exception):
     """A librdkafka transactional call did not return in time."""
 
 
-# Keys of internal repartition records: an event with the features computed so far, or a label.
-_EVENT, _FEATURES, _LABEL = "e", "f", "l"
+# Keys of internal repartition records: an event with the features computed so far (and when the
+# event was appended to the events topic, for end-to-end latency), or a label.
+_EVENT, _FEATURES, _LABEL, _APPENDED = "e", "f", "l", "t"
 
 
 def decide(score: float, settings: Settings) -> str:
@@ -121,7 +123,7 @@ class Worker:
 
     def __init__(self, settings: Settings, instance_id: str | None = None,
                  feature_set: FeatureSet | None = None, scorer: Scorer | None = None,
-                 state_backend: str = "rocksdb") -> None:
+                 state_backend: str = "rocksdb", serve_metrics: bool = False) -> None:
         self.settings = settings
         self.instance_id = instance_id or settings.instance_id or socket.gethostname()
         self.exactly_once = settings.processing_guarantee == "exactly_once"
@@ -137,6 +139,12 @@ class Worker:
         self.state_backend = state_backend
         self.state_root = Path(settings.state_dir) / settings.group_id / self.instance_id
         self.stats = WorkerStats()
+        self.metrics = WorkerMetrics()
+        self._serve_metrics = serve_metrics
+        self._health: HealthServer | None = None
+        self._children: dict[tuple, Any] = {}
+        self._e2e_pending: list[int] = []
+        self._next_lag_check = 0.0
         self._by_topic = self.topology.stage_for_topic()
         self._tasks: dict[tuple[int, int], Task] = {}
         self._to_restore: dict[tuple[int, int], TopicPartition] = {}
@@ -179,6 +187,12 @@ class Worker:
 
     def run(self, exit_when_idle: float | None = None,
             max_events: int | None = None) -> WorkerStats:
+        if self._serve_metrics:
+            self._health = HealthServer(self.metrics, self.settings.metrics_host,
+                                        self.settings.metrics_port).start()
+            log.info("metrics and health on http://%s:%d", *self._health.address[:2])
+        self.metrics["fraudstream_model_version_info"].labels(
+            model="scorer", version=self.scorer.version).info({})
         self.ensure_topics()
         if self.exactly_once:
             self._init_transactions()
@@ -190,8 +204,10 @@ class Worker:
                  " -> ".join(f"{s.name}[{len(s.feature_names)}]" for s in self.topology.stages))
         last_activity = time.monotonic()
         batch = self.settings.poll_batch_size
+        self.metrics.started = True
         try:
             while not self._stop:
+                self.metrics.beat()
                 if self._to_restore:
                     self._restore_pending()
                     last_activity = time.monotonic()
@@ -214,12 +230,16 @@ class Worker:
                 self._producer.poll(0)
                 if self._commit_due():
                     self.commit()
+                if time.monotonic() >= self._next_lag_check:
+                    self._record_lag()
                 if max_events is not None and self.stats.scored >= max_events:
                     break
             self.commit()
             self._close_tasks(list(self._tasks), checkpoint=True)
         finally:
             self._shutdown_clients()
+            if self._health is not None:
+                self._health.stop()
         return self.stats
 
     def _shutdown_clients(self) -> None:
@@ -257,30 +277,40 @@ class Worker:
         if stage is None:  # the labels topic
             self._route_label(msg)
             return
+        started = time.perf_counter()
+        self._child("fraudstream_events_consumed_total", stage.name, partition).inc()
+        try:
+            self._handle_stage(msg, stage, partition)
+        finally:
+            self._child("fraudstream_processing_seconds", stage.name).observe(
+                time.perf_counter() - started)
+
+    def _handle_stage(self, msg: Message, stage: Stage, partition: int) -> None:
         task = self._tasks.get((stage.index, partition))
         if task is None:  # cannot happen while paused-until-restored holds; never drop silently
-            raise KafkaError(f"record from {topic}[{partition}] without an open task")
+            raise KafkaError(f"record from {msg.topic()}[{partition}] without an open task")
         if stage.index == 0:
             try:
                 event = decode_event(msg.value(), self.settings.max_message_bytes)
             except DecodeError as exc:
                 self._dead_letter(msg, exc)
                 return
-            event_dict = event.to_dict()
-            self._advance(task, event_dict, {})
+            self._advance(task, event.to_dict(), {}, msg.timestamp()[1])
             return
         record = wire.loads(msg.value())
         if _LABEL in record:
             self.stats.labels += 1
+            self._child("fraudstream_labels_total", stage.name).inc()
             label = record[_LABEL]
             if task.engine is not None and stage.features is not None:
                 task.engine.process_label(label)
             if stage is self.topology.last:
                 self.scorer.learn(label, task.store)
             return
-        self._advance(task, record[_EVENT], record[_FEATURES])
+        self._advance(task, record[_EVENT], record[_FEATURES], record.get(_APPENDED, 0))
 
-    def _advance(self, task: Task, event: dict[str, Any], upstream: dict[str, Any]) -> None:
+    def _advance(self, task: Task, event: dict[str, Any], upstream: dict[str, Any],
+                 appended_ms: int) -> None:
         """Compute this stage's features, then forward to the next stage or score."""
         features = task.features(event)
         if upstream:
@@ -293,7 +323,8 @@ class Worker:
             nxt = stages[task.stage.index + 1]
             key = event.get(nxt.key_field) or event["user_id"]
             self._produce(nxt.input_topic, str(key).encode(),
-                          wire.dumps({_EVENT: event, _FEATURES: merged}))
+                          wire.dumps({_EVENT: event, _FEATURES: merged,
+                                      _APPENDED: appended_ms}))
             self.stats.forwarded += 1
             return
         value, reasons = self.scorer.score(merged, event, task.store)
@@ -304,6 +335,9 @@ class Worker:
                       scored_at=time.time_ns() // 1_000_000)
         self._produce(self.settings.topic_scores, event["user_id"].encode(), score.encode())
         self.stats.scored += 1
+        self._child("fraudstream_scores_total", score.decision).inc()
+        if appended_ms > 0:
+            self._e2e_pending.append(appended_ms)
 
     def _route_label(self, msg: Message) -> None:
         try:
@@ -326,6 +360,7 @@ class Worker:
         self.stats.dead_lettered += 1
         reasons = self.stats.dead_letter_reasons
         reasons[error.code] = reasons.get(error.code, 0) + 1
+        self._child("fraudstream_dead_letters_total", error.code).inc()
         log.info("dead letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
         self._produce(self.settings.topic_dead_letter, msg.key(), msg.value(),
                       headers=dead_letter_headers(msg, error))
@@ -372,6 +407,7 @@ class Worker:
         if not self._batch_records and not self._in_txn:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
+        commit_started = time.perf_counter()
         if self.exactly_once:
             try:
                 self._flush_changelogs()
@@ -409,6 +445,15 @@ class Worker:
         self.stats.commits += 1
         self._offsets.clear()
         self._batch_records = 0
+        m = self.metrics
+        m["fraudstream_commit_seconds"].observe(time.perf_counter() - commit_started)
+        m["fraudstream_commits_total"].inc()
+        if self._e2e_pending:
+            now_ms = time.time() * 1000
+            e2e = m["fraudstream_end_to_end_seconds"]
+            for appended in self._e2e_pending:
+                e2e.observe(max(0.0, now_ms - appended) / 1000)
+            self._e2e_pending.clear()
 
     def _init_transactions(self) -> None:
         try:
@@ -489,7 +534,10 @@ class Worker:
         self._batch_records = 0
         self._delivery_error = None
         self._delivery_failures = 0
+        self._e2e_pending.clear()
         self.stats.recoveries += 1
+        self._child("fraudstream_recoveries_total",
+                    "stuck_call" if not abort else "aborted").inc()
         # Without a checkpoint each task is rebuilt from its changelog when reopened.
         for task in self._tasks.values():
             task.store.close()
@@ -521,6 +569,7 @@ class Worker:
         store = open_store(self.state_backend, path, batch_size=1 << 30)
         restored = self._restore(store, stage.changelog_topic, partition, start or 0)
         self.stats.restored_records += restored
+        self._child("fraudstream_restore_records_total", stage.name).inc(restored)
         log.info("task %s-%d ready: %d changelog records restored from offset %d", stage.name,
                  partition, restored, start or 0)
         return Task(stage, partition, store)
@@ -568,6 +617,44 @@ class Worker:
             stage = self.topology.stages[stage_index]
             self._tasks[(stage_index, partition)] = self._open_task(stage, partition)
             self._consumer.resume([tp])
+        self._record_assignment()
+
+    def _record_assignment(self) -> None:
+        """Gauges of assigned and restoring tasks per stage (readiness follows the latter)."""
+        m = self.metrics
+        m.restoring = len(self._to_restore)
+        for stage in self.topology.stages:
+            m["fraudstream_assigned_partitions"].labels(stage=stage.name).set(
+                sum(1 for (i, _) in self._tasks if i == stage.index)
+                + sum(1 for (i, _) in self._to_restore if i == stage.index))
+            m["fraudstream_restoring_partitions"].labels(stage=stage.name).set(
+                sum(1 for (i, _) in self._to_restore if i == stage.index))
+
+    def _record_lag(self) -> None:
+        """Consumer lag per assigned partition, from the client's cached watermarks (no I/O)."""
+        self._next_lag_check = time.monotonic() + 5.0
+        lag = self.metrics["fraudstream_consumer_lag"]
+        try:
+            positions = self._consumer.position(self._consumer.assignment())
+        except KafkaException:
+            return
+        for tp in positions:
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high >= 0 and tp.offset >= 0:
+                lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
+                    max(0, high - tp.offset))
+
+    def _child(self, name: str, *labels: Any) -> Any:
+        """A labelled metric child, cached: label resolution costs more than the increment."""
+        key = (name, *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self.metrics[name].labels(*[str(v) for v in labels])
+            self._children[key] = child
+        return child
 
     def _close_tasks(self, keys: list[tuple[int, int]], checkpoint: bool) -> None:
         for key in keys:
@@ -596,6 +683,8 @@ class Worker:
                 to_pause.append(tp)
         if to_pause:
             consumer.pause(to_pause)
+        self.metrics.restoring = len(self._to_restore)
+        self.metrics.joined = True
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -607,6 +696,7 @@ class Worker:
                 self._to_restore.pop((stage.index, tp.partition), None)
                 keys.append((stage.index, tp.partition))
         self._close_tasks(keys, checkpoint=True)
+        self._record_assignment()
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -620,6 +710,7 @@ class Worker:
                 self._to_restore.pop((stage.index, tp.partition), None)
                 keys.append((stage.index, tp.partition))
         self._close_tasks(keys, checkpoint=False)
+        self._record_assignment()
         log.warning("lost %s", _describe(partitions))
 
 
