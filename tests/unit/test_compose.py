@@ -28,6 +28,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 DEPLOY_DOC = ROOT / "docs" / "deploy.md"
+OPERATIONS_DOC = ROOT / "docs" / "operations.md"
+SECURITY_DOC = ROOT / "docs" / "security.md"
 
 SETTINGS_FIELDS = frozenset(f.name for f in dataclasses.fields(Settings))
 # FRAUDSTREAM_* names that are not a Settings field but that Settings.load() understands.
@@ -301,7 +303,7 @@ def _all_env_names(compose: Mapping[str, Any]) -> set[str]:
     for service in compose["services"].values():
         names |= set(env_mapping(service.get("environment")))
     # Also every mention anywhere in the files (interpolations, commands, comments, docs).
-    for path in (COMPOSE_FILE, DOCKERFILE, DEPLOY_DOC):
+    for path in (COMPOSE_FILE, DOCKERFILE, DEPLOY_DOC, OPERATIONS_DOC, SECURITY_DOC):
         if path.exists():
             names |= set(ENV_NAME_RE.findall(path.read_text(encoding="utf-8")))
     return {n for n in names if n.startswith(ENV_PREFIX)}
