@@ -78,6 +78,10 @@ class Settings:
     topic_labels: str = "fraudstream.labels"
     topic_scores: str = "fraudstream.scores"
     topic_dead_letter: str = "fraudstream.dead-letter"
+    # Joined training examples (workers -> trainer) and versioned model snapshots (trainer ->
+    # workers). One partition each: one active trainer, one ordered history of versions.
+    topic_training: str = "fraudstream.training"
+    topic_models: str = "fraudstream.models"
     partitions: int = 6
     replication_factor: int = 1
     events_retention_ms: int = 7 * 24 * 3600 * 1000
@@ -208,9 +212,11 @@ class Settings:
                               f"({self.review_threshold} > {self.block_threshold})")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
-        topics = [self.topic_events, self.topic_labels, self.topic_scores, self.topic_dead_letter]
+        topics = [self.topic_events, self.topic_labels, self.topic_scores, self.topic_dead_letter,
+                  self.topic_training, self.topic_models]
         if len(set(topics)) != len(topics):
-            raise ConfigError("topic_*: events, labels, scores and dead-letter topics must differ")
+            raise ConfigError("topic_*: the events, labels, scores, dead-letter, training and models "
+                              "topics must all differ")
 
     # ------------------------------------------------------------------ rendering
     def kafka_client_config(self) -> dict[str, Any]:

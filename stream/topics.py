@@ -57,6 +57,13 @@ def project_topics(settings: Settings) -> list[TopicSpec]:
                   {"cleanup.policy": "delete",
                    "retention.ms": str(settings.dead_letter_retention_ms),
                    "max.message.bytes": dlq_bytes}),
+        TopicSpec(settings.topic_training, 1, rf,
+                  {"cleanup.policy": "delete", "retention.ms": str(settings.events_retention_ms),
+                   "max.message.bytes": max_bytes}),
+        # Snapshots are large (pickled models) and only the latest per key matters.
+        TopicSpec(settings.topic_models, 1, rf,
+                  {"cleanup.policy": "compact", "max.message.bytes": str(64 * 1024 * 1024),
+                   "min.compaction.lag.ms": "0"}),
     ]
 
 

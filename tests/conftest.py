@@ -119,6 +119,8 @@ def kafka_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
         "topic_labels": f"t-{tag}.labels",
         "topic_scores": f"t-{tag}.scores",
         "topic_dead_letter": f"t-{tag}.dead-letter",
+        "topic_training": f"t-{tag}.training",
+        "topic_models": f"t-{tag}.models",
         "group_id": f"g-{tag}",
         "partitions": 3,
         "commit_interval_ms": 100,

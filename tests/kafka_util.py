@@ -52,7 +52,8 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
     for name in ("bootstrap_servers", "topic_events", "topic_labels", "topic_scores",
-                 "topic_dead_letter", "partitions", "group_id", "state_dir"):
+                 "topic_dead_letter", "topic_training", "topic_models", "partitions", "group_id",
+                 "state_dir"):
         env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(settings, name))
     env.update(extra)
     return env
