@@ -10,8 +10,8 @@ order) and feeds every item through the same code objects the worker runs:
    ``.to_dict()``), exactly as the worker's first stage decodes it from Kafka;
 2. the topology comes from :meth:`stream.runtime.topology.Topology.build`; each stage computes its
    features with one :class:`features.engine.FeatureEngine` per (stage, partition) over an
-   in-memory store (:class:`features.store.DictStore`), the partition being librdkafka's default for the stage key
-   (``consistent_random``: CRC-32 of the key bytes modulo the partition count,
+   in-memory store (:class:`features.store.DictStore`), the partition being librdkafka's default
+   for the stage key (``consistent_random``: CRC-32 of the key bytes modulo the partition count,
    :func:`stream.replay.partition_for`). Between stages the record goes through the worker's wire
    encoding (``{"e": event, "f": features}``), so a later stage sees what it would read from the
    repartition topic; features of entities without a stage key (card, device, ip) therefore only
@@ -133,6 +133,7 @@ class BacktestResult:
     labels_applied: int = 0
     load_seconds: float = 0.0
     run_seconds: float = 0.0
+    run_cpu_seconds: float = 0.0   # process CPU time of the scoring phase
     learn_stats: dict[str, Any] = field(default_factory=dict)
     rejects: list[str] = field(default_factory=list)
 
@@ -158,10 +159,10 @@ class _RuntimeScorer:
         self.version = scorer.version
 
     def score(self, merged: dict, event: dict, store: Any) -> float:
-        return self.scorer.score(merged, event, store)[0]
+        return self.scorer.score(merged, event).score
 
     def learn(self, label: dict, store: Any) -> None:
-        self.scorer.learn(label, store)
+        self.scorer.learn(label)
 
     def stats(self) -> dict[str, Any]:
         return {}
@@ -303,6 +304,7 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
     gc.collect()
     gc.freeze()
     run_started = time.perf_counter()
+    cpu_started = time.process_time()
     max_bytes = opts.max_bytes
     total = len(timeline)
     kinds, payloads, item_times = timeline.kinds, timeline.payloads, timeline.times
@@ -328,6 +330,7 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
     finally:
         gc.unfreeze()
     run_seconds = time.perf_counter() - run_started
+    run_cpu_seconds = time.process_time() - cpu_started
     y = np.fromiter((-1 if (v := verdict.get(e)) is None else int(v) for e in event_ids),
                     dtype=np.int8, count=len(event_ids))
     return BacktestResult(
@@ -341,7 +344,8 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
         labels_read=labels.read if labels is not None else 0,
         labels_rejected=labels.rejected if labels is not None else 0,
         labels_applied=len(timeline) - n_events,
-        load_seconds=load_seconds, run_seconds=run_seconds, learn_stats=scorer.stats(),
+        load_seconds=load_seconds, run_seconds=run_seconds, run_cpu_seconds=run_cpu_seconds,
+        learn_stats=scorer.stats(),
         rejects=list(rejects.first))
 
 
@@ -417,8 +421,8 @@ def roc_curve(scores: Any, labels: Any) -> tuple[Any, Any]:
     return np.r_[0.0, fp / n_neg], np.r_[0.0, tp / n_pos]
 
 
-def precision_recall_at_budget(scores: Any, labels: Any,
-                               budget: float) -> tuple[int, float | None, float | None, float | None]:
+def precision_recall_at_budget(scores: Any, labels: Any, budget: float
+                               ) -> tuple[int, float | None, float | None, float | None]:
     """Review the top ``k = max(1, ceil(budget * n))`` scores (ties: earlier events first):
     ``(k, precision, recall, lowest reviewed score)``; recall is ``None`` without positives.
 
@@ -515,6 +519,7 @@ def compute_report(result: BacktestResult, budgets: tuple[float, ...] = (0.01, 0
         "overall": _slice_metrics(s, y, budgets),
         "speed": {"events": len(result), "load_seconds": round(result.load_seconds, 3),
                   "run_seconds": round(result.run_seconds, 3),
+                  "run_cpu_seconds": round(result.run_cpu_seconds, 3),
                   "events_per_second": round(result.events_per_second, 1),
                   "end_to_end_events_per_second": round(
                       len(result) / (result.load_seconds + result.run_seconds), 1)

@@ -1,34 +1,94 @@
 """The scoring step of the last stage, behind one small interface.
 
 The runtime calls :meth:`Scorer.score` once per event with the merged feature vector and
-:meth:`Scorer.learn` once per label. Whatever a scorer keeps per merchant must live in the
-partition's state store (passed in), so it is changelogged and restored with the partition; that
-is what lets a restarted worker produce the same scores as an uninterrupted one.
+:meth:`Scorer.learn` once per label. Whatever a scorer keeps per merchant lives in the partition's
+state store, so it is changelogged and restored with the partition; that is what lets a restarted
+worker produce the same scores as an uninterrupted one.
 
-:class:`HeuristicScorer` is a fixed, deterministic logistic score over velocity and amount
-features. It learns nothing; it is the runtime's default until a model from ``online_models`` is
-configured, and the reference the exactly-once tests compare against.
+``model_name`` chooses: a name from ``online_models.registry`` (``default``, ...) gives a
+:class:`ModelScorer`; ``heuristic`` gives :class:`HeuristicScorer`, a fixed, deterministic
+logistic score over velocity and amount features that learns nothing (useful before any label has
+arrived, and as the reference of the exactly-once tests, whose scores must depend on state).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Mapping, Protocol
 
 from features.store import StateStore
 
-__all__ = ["Scorer", "HeuristicScorer"]
+__all__ = ["Scorer", "Outcome", "ModelScorer", "HeuristicScorer", "make_scorer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """One event's score. ``decision`` None means: apply the configured thresholds."""
+
+    score: float
+    decision: str | None
+    version: str
+    reasons: list[dict[str, Any]]
 
 
 class Scorer(Protocol):
+    """What the last stage needs from a model (one instance per task: per-merchant state lives
+    in the task's store)."""
+
     version: str
 
-    def score(self, features: Mapping[str, Any], event: Mapping[str, Any],
-              store: StateStore) -> tuple[float, list[dict[str, Any]]]:
-        """(probability-like score in [0, 1], reasons: the features that raised it most)."""
+    def score(self, features: Mapping[str, Any], event: Mapping[str, Any]) -> Outcome: ...
 
-    def learn(self, label: Mapping[str, Any], store: StateStore) -> bool:
-        """Learn from a label; returns whether anything changed."""
+    def learn(self, label: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Learn from a label; returns the joined training example for the trainer, if any."""
+
+    def flush(self) -> None:
+        """Write dirty per-merchant state into the store (called before changelogs)."""
+
+    def load_global(self, model: Any) -> None:
+        """Swap in a new global model (a decoded snapshot); no-op for fixed scorers."""
+
+
+class ModelScorer:
+    """The online models (``online_models.scorer.Scorer``) behind the runtime's interface.
+
+    The global model is shared by every task of the worker and only ever replaced (by a snapshot
+    the trainer published), never learned here; snapshots of scored vectors and per-merchant
+    models live in the task's store, so they are changelogged and restored with the partition.
+    """
+
+    def __init__(self, spec: str, store: StateStore, review: float, block: float,
+                 global_model: Any | None = None) -> None:
+        from online_models.calibration import DecisionPolicy, Thresholds
+        from online_models.scorer import Scorer as _Scorer
+
+        self._s = _Scorer.create(spec, kv=store, learn_global=False, write_through=False,
+                                 policy=DecisionPolicy(Thresholds(review, block)))
+        if global_model is not None:
+            self._s.load_global(global_model)
+
+    @property
+    def version(self) -> str:
+        return self._s.global_model.version
+
+    def score(self, features: Mapping[str, Any], event: Mapping[str, Any]) -> Outcome:
+        rec = self._s.score(dict(features), event.get("merchant_id"), event["event_id"],
+                            event["event_time"])
+        return Outcome(round(rec.score, 6), rec.decision, rec.model_version, rec.reasons)
+
+    def learn(self, label: Mapping[str, Any]) -> dict[str, Any] | None:
+        out = self._s.learn(label["event_id"], bool(label["is_fraud"]), label["label_time"])
+        return out.example.to_dict() if out.example is not None else None
+
+    def flush(self) -> None:
+        self._s.flush()
+
+    def load_global(self, model: Any) -> None:
+        self._s.load_global(model)
+
+    def load_challenger(self, model: Any | None) -> None:
+        self._s.load_challenger(model)
 
 
 # Weights on log1p(feature) (counts, amounts) or the raw value (ratios, z-scores). Missing features
@@ -54,8 +114,7 @@ _BIAS = -4.0
 class HeuristicScorer:
     version = "heuristic-1"
 
-    def score(self, features: Mapping[str, Any], event: Mapping[str, Any],
-              store: StateStore | None = None) -> tuple[float, list[dict[str, Any]]]:
+    def score(self, features: Mapping[str, Any], event: Mapping[str, Any]) -> Outcome:
         z = _BIAS
         contributions = []
         for name, weight in _WEIGHTS.items():
@@ -75,7 +134,21 @@ class HeuristicScorer:
         contributions.sort(key=lambda item: (-item[0], item[1]))
         reasons = [{"feature": name, "value": value, "contribution": round(c, 4)}
                    for c, name, value in contributions[:3]]
-        return round(score, 6), reasons
+        return Outcome(round(score, 6), None, self.version, reasons)
 
-    def learn(self, label: Mapping[str, Any], store: StateStore | None = None) -> bool:
-        return False
+    def learn(self, label: Mapping[str, Any]) -> dict[str, Any] | None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def load_global(self, model: Any) -> None:
+        return None
+
+
+def make_scorer(model_name: str, store: StateStore, review: float, block: float,
+                global_model: Any | None = None) -> Scorer:
+    """The scorer for one task of the last stage."""
+    if model_name == "heuristic":
+        return HeuristicScorer()
+    return ModelScorer(model_name, store, review, block, global_model)

@@ -59,7 +59,9 @@ from stream.events import Score, decode_event, decode_label
 from stream.exceptions import DecodeError, KafkaError
 from stream.observability import HealthServer, WorkerMetrics
 from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
-from stream.runtime.scoring import HeuristicScorer, Scorer
+from online_models.scorer import GlobalModel
+from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord
+from stream.runtime.scoring import ModelScorer, Scorer, make_scorer
 from stream.runtime.topology import Stage, Topology
 from stream.settings import Settings
 from stream.state import CachedStore, open_store
@@ -101,18 +103,21 @@ class WorkerStats:
     dead_lettered: int = 0
     commits: int = 0
     restored_records: int = 0
+    examples: int = 0
     recoveries: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
 class Task:
-    """One stage on one partition: its store, its feature engine."""
+    """One stage on one partition: its store, its feature engine, and (last stage) its scorer."""
 
-    def __init__(self, stage: Stage, partition: int, store: CachedStore) -> None:
+    def __init__(self, stage: Stage, partition: int, store: CachedStore,
+                 scorer: Scorer | None = None) -> None:
         self.stage = stage
         self.partition = partition
         self.store = store
         self.engine = FeatureEngine(stage.features, store) if stage.features else None
+        self.scorer = scorer
 
     def features(self, event: Any) -> dict[str, Any]:
         return self.engine.process(event) if self.engine else {}
@@ -122,7 +127,7 @@ class Worker:
     """One worker process. ``run()`` processes until stopped."""
 
     def __init__(self, settings: Settings, instance_id: str | None = None,
-                 feature_set: FeatureSet | None = None, scorer: Scorer | None = None,
+                 feature_set: FeatureSet | None = None,
                  state_backend: str = "rocksdb", serve_metrics: bool = False) -> None:
         self.settings = settings
         self.instance_id = instance_id or settings.instance_id or socket.gethostname()
@@ -135,7 +140,12 @@ class Worker:
             else:
                 feature_set = default_feature_set()
         self.topology = Topology.build(settings, feature_set)
-        self.scorer: Scorer = scorer or HeuristicScorer()
+        # The global model every task scores with: the latest snapshot on the models topic
+        # (followed while running), or the spec's untrained model until the trainer publishes.
+        self._global_model: Any | None = None
+        self._challenger: Any | None = None
+        self._model_feed: ModelFeed | None = None
+        self.model_version = "heuristic-1" if settings.model_name == "heuristic" else None
         self.state_backend = state_backend
         self.state_root = Path(settings.state_dir) / settings.group_id / self.instance_id
         self.stats = WorkerStats()
@@ -191,9 +201,13 @@ class Worker:
             self._health = HealthServer(self.metrics, self.settings.metrics_host,
                                         self.settings.metrics_port).start()
             log.info("metrics and health on http://%s:%d", *self._health.address[:2])
-        self.metrics["fraudstream_model_version_info"].labels(
-            model="scorer", version=self.scorer.version).info({})
         self.ensure_topics()
+        if self.settings.model_name == "heuristic":
+            self.metrics["fraudstream_model_version_info"].labels(
+                model="global", version="heuristic-1").info({})
+        else:
+            self._model_feed = ModelFeed(self.settings)
+            self._apply_models(list(self._model_feed.catch_up().values()))
         if self.exactly_once:
             self._init_transactions()
         topics = [st.input_topic for st in self.topology.stages] + [self.settings.topic_labels]
@@ -232,12 +246,18 @@ class Worker:
                     self.commit()
                 if time.monotonic() >= self._next_lag_check:
                     self._record_lag()
+                if self._model_feed is not None:
+                    updates = self._model_feed.poll()
+                    if updates:
+                        self._apply_models(updates)
                 if max_events is not None and self.stats.scored >= max_events:
                     break
             self.commit()
             self._close_tasks(list(self._tasks), checkpoint=True)
         finally:
             self._shutdown_clients()
+            if self._model_feed is not None:
+                self._model_feed.close()
             if self._health is not None:
                 self._health.stop()
         return self.stats
@@ -304,8 +324,8 @@ class Worker:
             label = record[_LABEL]
             if task.engine is not None and stage.features is not None:
                 task.engine.process_label(label)
-            if stage is self.topology.last:
-                self.scorer.learn(label, task.store)
+            if task.scorer is not None:
+                self._emit_example(task.scorer.learn(label))
             return
         self._advance(task, record[_EVENT], record[_FEATURES], record.get(_APPENDED, 0))
 
@@ -327,11 +347,11 @@ class Worker:
                                       _APPENDED: appended_ms}))
             self.stats.forwarded += 1
             return
-        value, reasons = self.scorer.score(merged, event, task.store)
+        out = task.scorer.score(merged, event)
         score = Score(event_id=event["event_id"], user_id=event["user_id"],
                       merchant_id=event.get("merchant_id"), event_time=event["event_time"],
-                      score=value, decision=decide(value, self.settings),
-                      model_version=self.scorer.version, reasons=reasons,
+                      score=out.score, decision=out.decision or decide(out.score, self.settings),
+                      model_version=out.version, reasons=out.reasons,
                       scored_at=time.time_ns() // 1_000_000)
         self._produce(self.settings.topic_scores, event["user_id"].encode(), score.encode())
         self.stats.scored += 1
@@ -353,8 +373,8 @@ class Worker:
         if len(self.topology.stages) == 1:
             # A one-stage topology has no repartition topic: labels apply directly.
             task = self._tasks.get((0, msg.partition()))
-            if task is not None:
-                self.scorer.learn(label.to_dict(), task.store)
+            if task is not None and task.scorer is not None:
+                self._emit_example(task.scorer.learn(label.to_dict()))
 
     def _dead_letter(self, msg: Message, error: DecodeError) -> None:
         self.stats.dead_lettered += 1
@@ -395,8 +415,41 @@ class Worker:
                 or (time.monotonic() - self._batch_started) * 1000
                 >= self.settings.commit_interval_ms)
 
+    def _emit_example(self, example: dict[str, Any] | None) -> None:
+        """A label joined its scored snapshot: send the example to the trainer (same txn)."""
+        if example is None:
+            return
+        # One partition (one active trainer): no key needed.
+        self._produce(self.settings.topic_training, None, wire.dumps(example))
+        self.stats.examples += 1
+
+    def _apply_models(self, records: list[ModelRecord]) -> None:
+        """Load new global/challenger snapshots into every scoring task, between two records."""
+        for rec in records:
+            if rec.role == ROLE_GLOBAL and rec.data:
+                model = GlobalModel.from_bytes(rec.data)
+                if self._global_model is not None and model.version == self.model_version:
+                    continue
+                self._global_model = model
+                self.model_version = model.version
+                for task in self._tasks.values():
+                    if task.scorer is not None:
+                        task.scorer.load_global(model)
+                log.info("scoring with global model %s", model.version)
+                self.metrics["fraudstream_model_version_info"].labels(
+                    model="global", version=model.version).info({})
+            elif rec.role == ROLE_CHALLENGER:
+                self._challenger = GlobalModel.from_bytes(rec.data) if rec.data else None
+                for task in self._tasks.values():
+                    if isinstance(task.scorer, ModelScorer):
+                        task.scorer.load_challenger(self._challenger)
+                log.info("challenger %s", self._challenger.version if self._challenger
+                         else "stopped")
+
     def _flush_changelogs(self) -> None:
         for task in self._tasks.values():
+            if task.scorer is not None:
+                task.scorer.flush()  # per-merchant models into the store, then the changelog
             changes = task.store.flush()
             topic, partition = task.stage.changelog_topic, task.partition
             for key, value in changes.items():
@@ -572,7 +625,14 @@ class Worker:
         self._child("fraudstream_restore_records_total", stage.name).inc(restored)
         log.info("task %s-%d ready: %d changelog records restored from offset %d", stage.name,
                  partition, restored, start or 0)
-        return Task(stage, partition, store)
+        scorer = None
+        if stage is self.topology.last:
+            s = self.settings
+            scorer = make_scorer(s.model_name, store, s.review_threshold, s.block_threshold,
+                                 self._global_model)
+            if self._challenger is not None and isinstance(scorer, ModelScorer):
+                scorer.load_challenger(self._challenger)
+        return Task(stage, partition, store, scorer)
 
     def _restore(self, store: CachedStore, topic: str, partition: int, start: int) -> int:
         restorer = Consumer(self.settings.consumer_config(

@@ -42,7 +42,8 @@ def _scores(s, topic: str, expected: int) -> dict[str, list[float]]:
 def test_sigkill_at_random_points_gives_exactly_once_and_reference_scores(kafka_settings,
                                                                           tmp_path: Path):
     rng = random.Random(20261128)
-    base = kafka_settings.replace(partitions=1)
+    # The heuristic scorer: scores that depend on every feature, so equal scores mean equal state.
+    base = kafka_settings.replace(partitions=1, model_name="heuristic")
     ensure_topics(base)
     events = generate_events(N_EVENTS, seed=11, id_prefix="crash")
     with EventPublisher(base) as pub:
@@ -58,7 +59,8 @@ def test_sigkill_at_random_points_gives_exactly_once_and_reference_scores(kafka_
     expected = _scores(reference, reference.topic_scores, N_EVENTS)
 
     crash = base.replace(group_id=base.group_id + "-crash", state_dir=str(tmp_path / "crash"))
-    env = process_env(crash, FRAUDSTREAM_TRANSACTION_TIMEOUT_MS="10000", **FAST_FAILOVER)
+    env = process_env(crash, FRAUDSTREAM_TRANSACTION_TIMEOUT_MS="10000",
+                      FRAUDSTREAM_MODEL_NAME="heuristic", **FAST_FAILOVER)
     cmd = [sys.executable, "-m", "stream", "worker", "--instance-id", "c1"]
     kills = 0
     log_path = tmp_path / "worker.log"

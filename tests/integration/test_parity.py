@@ -41,7 +41,7 @@ N_EVENTS = 3000
 
 
 def test_streaming_scores_equal_backtest_scores(kafka_settings, tmp_path):
-    s = dataclasses.replace(kafka_settings, partitions=1)
+    s = dataclasses.replace(kafka_settings, partitions=1, model_name="heuristic")
     sim = simulate(SimConfig(events=N_EVENTS, days=5, fraud_rate=0.03, seed=23, users=150,
                              merchants=20, id_prefix="par"))
     ev, lab = tmp_path / "events.jsonl", tmp_path / "labels.jsonl"

@@ -92,7 +92,8 @@ def _wait_for_scores(s: Settings, at_least: int, timeout: float, procs) -> None:
 
 def test_three_workers_one_killed_partitions_move_and_state_is_restored(kafka_settings, tmp_path):
     n = 30_000
-    s = kafka_settings.replace(partitions=3, features_file=str(tmp_path / "features.toml"))
+    s = kafka_settings.replace(partitions=3, features_file=str(tmp_path / "features.toml"),
+                               model_name="heuristic")
     (tmp_path / "features.toml").write_text(USER_STAGE_FEATURES)
     ensure_topics(s)
     events = generate_events(n, seed=21, id_prefix="scale")
@@ -102,7 +103,8 @@ def test_three_workers_one_killed_partitions_move_and_state_is_restored(kafka_se
     expected = _reference(s, tmp_path, n)
 
     run = s.replace(group_id=s.group_id + "-run", state_dir=str(tmp_path / "run"))
-    env = process_env(run, FRAUDSTREAM_FEATURES_FILE=s.features_file, **FAST_FAILOVER)
+    env = process_env(run, FRAUDSTREAM_FEATURES_FILE=s.features_file,
+                      FRAUDSTREAM_MODEL_NAME="heuristic", **FAST_FAILOVER)
     logs = {name: (tmp_path / f"{name}.log").open("wb") for name in ("w1", "w2", "w3")}
     procs = {name: subprocess.Popen([sys.executable, "-m", "stream", "worker", "--instance-id",
                                      name], env=env, stdout=log, stderr=subprocess.STDOUT,
