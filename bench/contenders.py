@@ -24,7 +24,11 @@ touch the project venv.
 The ``fraudstream`` entry is the hook for our own runtime: it is enabled once ``stream.runtime``
 is importable and ``bench/peers/fraudstream_count.py`` exists (a thin app, to the contract above,
 over the runtime's keyed stage with one windowed count feature). Until then ``--list`` shows it
-as unavailable with the reason, and runs skip it.
+as unavailable with the reason, and runs skip it. One caution for that app: the harness
+watches progress through the output topic's high watermarks and reads the output back with the
+default isolation, which assumes a non-transactional producer (transaction markers take offsets
+too). Run it at-least-once for this comparison, or teach ``bench/harness.py`` to count records
+read_committed before measuring it exactly-once.
 """
 
 from __future__ import annotations

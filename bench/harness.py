@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     summaries = summarize(runs, baseline=BASELINE, order=order)
     result["summary"] = [s.to_dict() for s in summaries]
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(result, indent=1, sort_keys=False) + "\n")
+    out_path.write_text(json.dumps(ordered(result), indent=1) + "\n")
 
     states = {c.name: c.state for c, _ in ready}
     print()
@@ -166,7 +166,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, why in skipped.items():
         print(f"  skipped {name}: {why}")
     print(f"results: {out_path}")
-    return 0 if all(s.complete_rounds == s.runs for s in summaries) else 1
+    ok = all(s.complete_rounds == s.runs for s in summaries)
+    ok = ok and not any(r.verified is False for r in runs)
+    return 0 if ok else 1
+
+
+_KEY_ORDER = ("benchmark", "date", "command", "config", "machine", "broker", "versions", "skipped",
+              "baseline", "summary", "runs")
+
+
+def ordered(result: dict) -> dict:
+    """The results with what a reader wants first (set-up and summary) and the runs last."""
+    head = {k: result[k] for k in _KEY_ORDER if k in result}
+    return head | {k: v for k, v in result.items() if k not in head}
 
 
 def _machine() -> dict:
@@ -228,11 +240,13 @@ def run_one(cfg: Config, c: Contender, python: Path, bootstrap: str, rnd: int,
            *c.extra_args]
     log_path = LOGS / f"{c.name}-r{rnd}.log"
     watch = _Watcher(bootstrap, cfg.partitions)
+    load1 = os.getloadavg()[0]
     with open(log_path, "wb") as log_file:
         t0, t0_wall = time.monotonic(), time.time()
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, cwd=REPO)
     first = done = None
+    cpu_first = cpu_done = None
     seen = 0
     error = None
     try:
@@ -240,9 +254,9 @@ def run_one(cfg: Config, c: Contender, python: Path, bootstrap: str, rnd: int,
             seen = watch.count(output)
             now = time.monotonic()
             if first is None and seen > 0:
-                first = now
+                first, cpu_first = now, _cpu_seconds(proc.pid)
             if seen >= cfg.events:
-                done = now
+                done, cpu_done = now, _cpu_seconds(proc.pid)
                 break
             if proc.poll() is not None:
                 error = f"exited with code {proc.returncode} after {seen} outputs; " \
@@ -273,14 +287,17 @@ def run_one(cfg: Config, c: Contender, python: Path, bootstrap: str, rnd: int,
         _delete_topics(bootstrap, group)
         shutil.rmtree(state_dir, ignore_errors=True)
     if error is not None:
-        return RunResult(c.name, rnd, cfg.events, None, None, processed=seen, error=error)
+        return RunResult(c.name, rnd, cfg.events, None, None, processed=seen, error=error,
+                         loadavg=load1)
     if stamps is not None:  # broker append times of the first and the last output record
         processing_s, wall_s = (stamps[1] - stamps[0]) / 1000, stamps[1] / 1000 - t0_wall
     else:  # timed out: fall back to the polled times
         processing_s = (done - first) if first is not None else None
         wall_s = done - t0
     return RunResult(c.name, rnd, cfg.events, processing_s=processing_s, wall_s=wall_s,
-                     processed=seen, committed_s=committed_s, verified=verified)
+                     processed=seen, committed_s=committed_s, verified=verified,
+                     cpu_s=(cpu_done - cpu_first) if cpu_first is not None and cpu_done else None,
+                     loadavg=load1)
 
 
 class _Watcher:
@@ -377,6 +394,15 @@ def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
             except ProcessLookupError:
                 pass
             proc.wait()
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of ``pid`` so far, all its threads (librdkafka's included)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tail(path: Path, lines: int = 5) -> str:

@@ -34,6 +34,8 @@ class RunResult:
     committed_s: float | None = None  # process start until committed offsets reached the end
     error: str | None = None
     verified: bool | None = None      # output checksum equals the reference (None: not checked)
+    cpu_s: float | None = None        # the app's CPU seconds (all threads) while processing
+    loadavg: float | None = None      # the machine's 1-minute load average when the run started
 
     @property
     def complete(self) -> bool:
@@ -57,9 +59,17 @@ class RunResult:
             return None
         return self.done / self.wall_s
 
+    @property
+    def cpu_rate(self) -> float | None:
+        """Records per CPU second of the app: less sensitive to a busy machine than ``rate``."""
+        if not self.cpu_s or self.error is not None:
+            return None
+        return self.done / self.cpu_s
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.update(rate=self.rate, wall_rate=self.wall_rate, complete=self.complete)
+        d.update(rate=self.rate, wall_rate=self.wall_rate, cpu_rate=self.cpu_rate,
+                 complete=self.complete)
         return d
 
     @classmethod
@@ -80,6 +90,7 @@ class Summary:
     max_rate: float | None
     median_wall_rate: float | None
     ratio: float | None          # median_rate / the baseline's median_rate, 3 significant places
+    median_cpu_rate: float | None = None
     errors: tuple[str, ...] = ()
 
     def to_dict(self) -> dict:
@@ -124,6 +135,7 @@ def summarize(runs: list[RunResult], baseline: str, order: list[str] | None = No
             max_rate=max(rates) if rates else None,
             median_wall_rate=_median([r.wall_rate for r in rs if r.wall_rate is not None]),
             ratio=_ratio(medians[n], base),
+            median_cpu_rate=_median([r.cpu_rate for r in rs if r.cpu_rate is not None]),
             errors=tuple(r.error for r in rs if r.error),
         ))
     return out
@@ -148,13 +160,13 @@ def render_table(summaries: list[Summary], states: dict[str, str] | None = None)
     """A Markdown table of medians and ratios (it also reads well in a terminal)."""
     states = states or {}
     head = ("| contender | state | median msgs/s | min - max | median incl. start-up "
-            "| vs baseline | complete | verified |")
-    lines = [head, "| " + " | ".join(["---"] * 8) + " |"]
+            "| vs baseline | msgs per CPU-s | complete | verified |")
+    lines = [head, "| " + " | ".join(["---"] * 9) + " |"]
     for s in summaries:
         ratio = "-" if s.ratio is None else f"{s.ratio:g}x"
         lines.append(
             f"| {s.name} | {states.get(s.name, '')} | {format_rate(s.median_rate)} "
             f"| {format_rate(s.min_rate)} - {format_rate(s.max_rate)} "
-            f"| {format_rate(s.median_wall_rate)} | {ratio} "
+            f"| {format_rate(s.median_wall_rate)} | {ratio} | {format_rate(s.median_cpu_rate)} "
             f"| {s.complete_rounds}/{s.runs} | {s.verified_rounds}/{s.runs} |")
     return "\n".join(lines)

@@ -33,8 +33,8 @@ def test_medians_and_ratios() -> None:
 
 
 def test_partial_run_counts_what_it_processed() -> None:
-    run = RunResult("x", 0, 1000, processing_s=2.0, wall_s=4.0, processed=500)
-    assert run.rate == 250 and run.wall_rate == 125
+    run = RunResult("x", 0, 1000, processing_s=2.0, wall_s=4.0, processed=500, cpu_s=0.5)
+    assert run.rate == 250 and run.wall_rate == 125 and run.cpu_rate == 1000
     assert not run.complete
     assert RunResult.from_dict(run.to_dict()) == run
 
@@ -49,8 +49,8 @@ def test_table_shows_medians_ratios_and_rounds() -> None:
     table = render_table(summarize(_runs(), baseline="base"), {"base": "dict"})
     lines = table.splitlines()
     assert lines[0].startswith("| contender | state | median msgs/s")
-    assert lines[2] == "| base | dict | 200k | 100k - 250k | 1.0k | 1x | 3/3 | 0/3 |"
-    assert lines[3] == "| slow |  | 1.5k | 1.0k - 2.0k | 750 | 0.0075x | 2/3 | 0/3 |"
+    assert lines[2] == "| base | dict | 200k | 100k - 250k | 1.0k | 1x | - | 3/3 | 0/3 |"
+    assert lines[3] == "| slow |  | 1.5k | 1.0k - 2.0k | 750 | 0.0075x | - | 2/3 | 0/3 |"
 
 
 def test_checksum_of_running_counts() -> None:
