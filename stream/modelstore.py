@@ -25,11 +25,12 @@ from confluent_kafka import KafkaError as _RdKafkaError
 from stream.exceptions import KafkaError
 from stream.settings import Settings
 
-__all__ = ["ModelRecord", "ModelFeed", "publish_model", "read_models", "ROLE_GLOBAL",
-           "ROLE_CHALLENGER", "SNAPSHOT_MAX_BYTES"]
+__all__ = ["ModelRecord", "ModelFeed", "publish_model", "set_role", "clear_role", "read_models",
+           "ROLE_GLOBAL", "ROLE_CHALLENGER", "ROLES", "SNAPSHOT_MAX_BYTES"]
 
 ROLE_GLOBAL = "global"
 ROLE_CHALLENGER = "challenger"
+ROLES = (ROLE_GLOBAL, ROLE_CHALLENGER)
 SNAPSHOT_MAX_BYTES = 64 * 1024 * 1024
 
 
@@ -69,6 +70,35 @@ def publish_model(producer: Producer, settings: Settings, data: bytes, version: 
                 break
             except BufferError:
                 producer.poll(0.1)
+
+
+def set_role(producer: Producer, settings: Settings, record: ModelRecord, role: str) -> None:
+    """Point ``role/<role>`` at an already published version (``record``, e.g. its
+    ``version/<v>`` record): the same bytes and headers, so ``published_at`` stays the version's.
+    The caller flushes (or commits its transaction)."""
+    if role not in ROLES:
+        raise KafkaError(f"unknown model role {role!r}; known: {', '.join(ROLES)}")
+    if record.data is None or record.version is None:
+        raise KafkaError(f"{record.key} is a tombstone: nothing to point role/{role} at")
+    headers = [("version", record.version.encode()), ("spec", (record.spec or "").encode()),
+               ("n_learned", str(record.n_learned if record.n_learned is not None else "").encode()),
+               ("published_at", str(record.published_at or "").encode())]
+    _produce(producer, settings, f"role/{role}", record.data, headers)
+
+
+def clear_role(producer: Producer, settings: Settings, role: str) -> None:
+    """Tombstone ``role/<role>`` (for the challenger: stop the shadow run)."""
+    _produce(producer, settings, f"role/{role}", None, None)
+
+
+def _produce(producer: Producer, settings: Settings, key: str, data: bytes | None,
+             headers: list | None) -> None:
+    while True:
+        try:
+            producer.produce(settings.topic_models, data, key.encode(), headers=headers)
+            return
+        except BufferError:
+            producer.poll(0.1)
 
 
 def snapshot_producer_config(settings: Settings, **extra) -> dict:

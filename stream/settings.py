@@ -110,7 +110,11 @@ class Settings:
     # Prometheus metrics and health endpoints (docs/operations.md). Loopback by default; containers
     # set FRAUDSTREAM_METRICS_HOST=0.0.0.0 so the orchestrator can probe and scrape them.
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9400
+    metrics_port: int = 9400  # 0: serve no metrics or health endpoint
+    # The global-model trainer (docs/models.md) publishes a snapshot after this many new examples,
+    # or this many seconds after the first unpublished one.
+    trainer_publish_every: int = 1000
+    trainer_publish_interval_s: float = 60.0
 
     # Local development broker (``fraudstream kafka``)
     local_kafka_host: str = "127.0.0.1"
@@ -196,8 +200,15 @@ class Settings:
                      "transaction_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if not 1 <= self.metrics_port <= 65535:
-            raise ConfigError(f"metrics_port: must be between 1 and 65535, got {self.metrics_port}")
+        if self.trainer_publish_every < 1:
+            raise ConfigError("trainer_publish_every: must be at least 1, "
+                              f"got {self.trainer_publish_every}")
+        if not self.trainer_publish_interval_s > 0:
+            raise ConfigError("trainer_publish_interval_s: must be above 0, "
+                              f"got {self.trainer_publish_interval_s}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ConfigError(f"metrics_port: must be between 0 (no endpoint) and 65535, "
+                              f"got {self.metrics_port}")
         if not self.metrics_host.strip():
             raise ConfigError("metrics_host: must not be empty")
         if self.local_kafka_port > 65534:
