@@ -16,11 +16,15 @@ order) and feeds every item through the same code objects the worker runs:
    encoding (``{"e": event, "f": features}``), so a later stage sees what it would read from the
    repartition topic; features of entities without a stage key (card, device, ip) therefore only
    see the events of the same user partition, as in the stream;
-3. the merged vector is scored by the scorer chosen by name: ``heuristic`` is the runtime's
-   :class:`stream.runtime.scoring.HeuristicScorer` (what the worker runs today); ``default`` or
-   any :mod:`online_models.registry` name is :class:`online_models.scorer.Scorer`, which scores
-   every event and learns each label when the label's time comes on the timeline (the order of
-   :func:`online_models.replay.merge_by_time`);
+3. the merged vector is scored by the last stage's scorer for that partition, made by the
+   runtime's :func:`stream.runtime.scoring.make_scorer` from the model name, as the worker makes
+   it: ``heuristic`` is the fixed :class:`~stream.runtime.scoring.HeuristicScorer`; ``default``
+   or any :mod:`online_models.registry` name is :class:`~stream.runtime.scoring.ModelScorer`
+   (online_models' ``Scorer`` with per-merchant models and scored snapshots in the task's store),
+   sharing one global model. Prequentially: each event is scored, each label learned when its
+   time comes on the timeline (the order of :func:`online_models.replay.merge_by_time`); the
+   joined example is learned into the global model at once, where the stream's trainer would
+   learn it and publish a snapshot later (``learn_global=False``: no trainer);
 4. a label goes where the worker routes it: to every later stage that receives labels (keyed by
    the stage key, else ``merchant_id``), where label-aware features fold it and the last stage's
    scorer learns from it.
@@ -32,9 +36,12 @@ recall at review budgets, user-level precision at top-k per day, and the same pe
 per merchant (the largest by volume).
 
 With one partition per stage the order every stage sees is the log's timeline, in the stream and
-here, so scores are equal event by event (``tests/integration/test_parity.py``). With more
-partitions each (stage, partition) engine sees the same events in both, but a later stage
-interleaves its input partitions in whatever order the consumer delivers them.
+here, so scores of a scorer that does not learn are equal event by event
+(``tests/integration/test_parity.py``). With more partitions each (stage, partition) engine sees
+the same events in both, but a later stage interleaves its input partitions in whatever order the
+consumer delivers them. A learning model also depends on when labels arrive relative to events
+(the stream interleaves the labels topic with the others as the consumer delivers them) and, for
+the global model, on when the trainer publishes.
 """
 
 from __future__ import annotations
@@ -60,7 +67,7 @@ from stream.events import DEFAULT_MAX_BYTES, decode_event, decode_label
 from stream.exceptions import ConfigError
 from stream.replay import (IDENTITY, LoadedLog, RecordMapping, Rejects, build_timeline,
                            load_log, partition_for)
-from stream.runtime.scoring import HeuristicScorer
+from stream.runtime.scoring import make_scorer
 from stream.runtime.topology import Topology
 from stream.settings import Settings
 
@@ -109,6 +116,7 @@ class BacktestOptions:
     model: str = "default"
     partitions: int = 1
     seed: int = 42                                # online models' seed
+    learn_global: bool = True                     # False: global model as created (no trainer)
     max_bytes: int = DEFAULT_MAX_BYTES
 
 
@@ -151,74 +159,87 @@ class BacktestResult:
 
 
 # ---------------------------------------------------------------------- scorers
-class _RuntimeScorer:
-    """A runtime scorer (``stream.runtime.scoring.Scorer`` protocol), called as the worker does."""
+class _Scoring:
+    """The last stage's scorers, made as the worker makes them, plus the trainer's part.
 
-    def __init__(self, scorer: Any) -> None:
-        self.scorer = scorer
-        self.version = scorer.version
+    Every (last stage, partition) task gets its scorer from the runtime's
+    :func:`stream.runtime.scoring.make_scorer` on the task's store, with one shared global model.
+    In the stream the workers send each joined example to the trainer, which learns the global
+    model and publishes snapshots from time to time; here the "trainer" learns every example into
+    the shared global model at once (:meth:`online_models.scorer.GlobalModel.learn`, the
+    trainer's call), so the next event is scored with it: prequential, with no publishing delay.
+    ``learn_global=False`` keeps the global model as created (a stream without a trainer).
+    """
 
-    def score(self, merged: dict, event: dict, store: Any) -> float:
-        return self.scorer.score(merged, event).score
+    def __init__(self, name: str, seed: int, settings: Settings,
+                 learn_global: bool = True) -> None:
+        if name not in model_names():
+            raise ConfigError(f"--model: unknown model {name!r} "
+                              f"(one of {', '.join(model_names())})")
+        self.name = name
+        self.settings = settings
+        self.global_model = None
+        if name != HEURISTIC:
+            from online_models.scorer import GlobalModel
 
-    def learn(self, label: dict, store: Any) -> None:
-        self.scorer.learn(label)
+            self.global_model = GlobalModel.create(name, seed)
+        self.learn_global = learn_global and self.global_model is not None
+        self.version = HEURISTIC if self.global_model is None else self.global_model.version
+        self.joined = 0
+        self.not_joined = 0
+        self._scorers: list[Any] = []
+
+    def for_store(self, store: Any) -> Any:
+        """The scorer of one last-stage task (``store`` is the task's store)."""
+        s = self.settings
+        scorer = make_scorer(self.name, store, s.review_threshold, s.block_threshold,
+                             self.global_model)
+        self._scorers.append(scorer)
+        return scorer
+
+    def score(self, scorer: Any, merged: dict, event: dict) -> float:
+        out = scorer.score(merged, event)
+        self.version = out.version
+        return out.score
+
+    def learn(self, scorer: Any, label: dict) -> None:
+        example = scorer.learn(label)
+        if self.global_model is None:
+            return
+        if example is None:  # unknown event, duplicate or expired label
+            self.not_joined += 1
+            return
+        self.joined += 1
+        if self.learn_global:
+            from online_models.labels import Example
+
+            self.global_model.learn(Example.from_dict(example))
 
     def stats(self) -> dict[str, Any]:
-        return {}
-
-
-class _OnlineScorer:
-    """``online_models.scorer.Scorer``: predict now, learn when the label's time comes."""
-
-    def __init__(self, name: str, seed: int) -> None:
-        from online_models.scorer import Scorer
-
-        # One scorer for all partitions: its per-merchant models are keyed by merchant (the last
-        # stage's key) and the global model is shared, as a trainer would share it.
-        self.scorer = Scorer.create(name, seed=seed, write_through=False)
-        self.version = name
-
-    def score(self, merged: dict, event: dict, store: Any) -> float:
-        rec = self.scorer.score(merged, event.get("merchant_id"), event["event_id"],
-                                event["event_time"])
-        self.version = rec.model_version
-        return rec.score
-
-    def learn(self, label: dict, store: Any) -> None:
-        self.scorer.learn(label["event_id"], label["is_fraud"], label["label_time"])
-
-    def stats(self) -> dict[str, Any]:
-        self.scorer.flush()
-        report = self.scorer.report(merchants=False)
-        return {"labels": report["labels"], "versions": report["versions"],
-                "label_delay": report["label_delay"],
-                "drift_detections": report["drift_detections"]}
-
-
-def _make_scorer(name: str, seed: int) -> _RuntimeScorer | _OnlineScorer:
-    if name == HEURISTIC:
-        return _RuntimeScorer(HeuristicScorer())
-    if name not in model_names():
-        raise ConfigError(f"--model: unknown model {name!r} (one of {', '.join(model_names())})")
-    return _OnlineScorer(name, seed)
+        for scorer in self._scorers:
+            scorer.flush()
+        if self.global_model is None:
+            return {}
+        return {"labels": {"joined": self.joined, "not_joined": self.not_joined},
+                "global_model": self.global_model.version,
+                "global_learning": self.learn_global}
 
 
 # ---------------------------------------------------------------------- the event path
 class _EventPath:
     """The worker's per-event path (stage features -> merged dict -> scorer), without Kafka."""
 
-    def __init__(self, topology: Topology, partitions: int, scorer: Any) -> None:
+    def __init__(self, topology: Topology, partitions: int, scoring: Any) -> None:
         if partitions < 1:
             raise ConfigError(f"--partitions must be at least 1, got {partitions}")
         self.stages = topology.stages
         self.partitions = partitions
-        self.scorer = scorer
-        # (stage, partition) -> (engine or None, store); created when first used.
-        self._tasks: dict[tuple[int, int], tuple[FeatureEngine | None, Any]] = {}
+        self.scoring = scoring
         self._last = len(self.stages) - 1
+        # (stage, partition) -> (engine or None, store, scorer or None); made when first used.
+        self._tasks: dict[tuple[int, int], tuple[FeatureEngine | None, Any, Any]] = {}
 
-    def _task(self, stage: int, key: Any) -> tuple[FeatureEngine | None, Any]:
+    def _task(self, stage: int, key: Any) -> tuple[FeatureEngine | None, Any, Any]:
         p = partition_for(str(key).encode(), self.partitions) if self.partitions > 1 else 0
         task = self._tasks.get((stage, p))
         if task is None:
@@ -226,41 +247,43 @@ class _EventPath:
             # Live objects, no serialisation: features do not depend on the backend (the
             # engine's tests hold memory and RocksDB bit for bit), and this is the fast one.
             store = DictStore()
-            task = self._tasks[(stage, p)] = (FeatureEngine(fs, store) if fs else None, store)
+            scorer = self.scoring.for_store(store) if stage == self._last else None
+            task = self._tasks[(stage, p)] = (FeatureEngine(fs, store) if fs else None, store,
+                                              scorer)
         return task
 
     def event(self, event: dict[str, Any]) -> float:
         stages, last = self.stages, self._last
         # Stage 0 reads the events topic, keyed by user_id (EventPublisher, replay).
-        engine, store = self._task(0, event["user_id"])
+        engine, _, scorer = self._task(0, event["user_id"])
         merged = engine.process(event) if engine is not None else {}
         for i in range(1, last + 1):
             # Forward as the worker does: wire-encoded, keyed by the next stage's field.
             record = wire.loads(wire.dumps({_EVENT: event, _FEATURES: merged}))
             event, upstream = record[_EVENT], record[_FEATURES]
-            engine, store = self._task(i, event.get(stages[i].key_field) or event["user_id"])
+            engine, _, scorer = self._task(i, event.get(stages[i].key_field) or event["user_id"])
             features = engine.process(event) if engine is not None else {}
             if upstream:
                 merged = dict(upstream)
                 merged.update(features)
             else:
                 merged = features
-        return self.scorer.score(merged, event, store)
+        return self.scoring.score(scorer, merged, event)
 
     def label(self, label: dict[str, Any]) -> None:
         if self._last == 0:
             # One stage: no repartition topic; the worker lets the scorer learn directly.
-            self.scorer.learn(label, self._task(0, label["merchant_id"])[1])
+            self.scoring.learn(self._task(0, label["merchant_id"])[2], label)
             return
         for stage in self.stages[1:]:
             if not stage.receives_labels:
                 continue
-            engine, store = self._task(stage.index,
-                                       label.get(stage.key_field) or label["merchant_id"])
+            engine, _, scorer = self._task(stage.index,
+                                           label.get(stage.key_field) or label["merchant_id"])
             if engine is not None:
                 engine.process_label(label)
-            if stage.index == self._last:
-                self.scorer.learn(label, store)
+            if scorer is not None:
+                self.scoring.learn(scorer, label)
 
 
 # ---------------------------------------------------------------------- running
@@ -289,8 +312,8 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
     timeline = build_timeline(events, labels)
     fs = opts.feature_set or default_feature_set()
     topology = Topology.build(settings, fs)
-    scorer = _make_scorer(opts.model, opts.seed)
-    path = _EventPath(topology, opts.partitions, scorer)
+    scoring = _Scoring(opts.model, opts.seed, settings, opts.learn_global)
+    path = _EventPath(topology, opts.partitions, scoring)
     n_events = len(events)
     event_ids: list[str] = []
     user_ids: list[str] = []
@@ -337,7 +360,7 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
         event_ids=event_ids, user_ids=user_ids, merchant_ids=merchant_ids,
         event_times=np.frombuffer(times, dtype=np.int64).copy(),
         scores=np.frombuffer(scores, dtype=np.float64).copy(), labels=y,
-        model=opts.model, model_version=scorer.version, partitions=opts.partitions,
+        model=opts.model, model_version=scoring.version, partitions=opts.partitions,
         stages=[{"name": st.name, "key": st.key_field, "features": len(st.feature_names)}
                 for st in topology.stages],
         events_read=events.read, events_rejected=events.rejected,
@@ -345,7 +368,7 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
         labels_rejected=labels.rejected if labels is not None else 0,
         labels_applied=len(timeline) - n_events,
         load_seconds=load_seconds, run_seconds=run_seconds, run_cpu_seconds=run_cpu_seconds,
-        learn_stats=scorer.stats(),
+        learn_stats=scoring.stats(),
         rejects=list(rejects.first))
 
 

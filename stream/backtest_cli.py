@@ -52,9 +52,12 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
               help="Log format (default: from the file name, else the content).")
 @click.option("--features", "features_file", type=click.Path(exists=True, dir_okay=False),
               help="Feature definitions (TOML); default: the built-in set.")
-@click.option("--model", default="default", show_default=True,
-              help="'heuristic' (the worker's runtime scorer) or an online_models registry name "
-                   "(default, logreg, river-logreg, hat, hst).")
+@click.option("--model", help="'heuristic' or an online_models registry name (default, logreg, "
+                              "river-logreg, hat, hst), as the workers' model_name setting; "
+                              "default: that setting ('default' unless configured).")
+@click.option("--frozen-global", is_flag=True,
+              help="Never learn the global model (a stream without a trainer); per-merchant "
+                   "models still learn.")
 @click.option("--partitions", type=click.IntRange(min=1),
               help="Partitions per stage, as the topics have them (default: settings).")
 @click.option("--budget", "budgets", default="0.01,0.005", show_default=True,
@@ -74,7 +77,8 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @click.pass_context
 def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str, ...],
              sets: tuple[str, ...], labels_maps: tuple[str, ...], tz: str | None,
-             fmt: str | None, features_file: str | None, model: str, partitions: int | None,
+             fmt: str | None, features_file: str | None, model: str | None,
+             frozen_global: bool, partitions: int | None,
              budgets: str, top_k: str, top_merchants: int, seed: int, out_dir: Path,
              scores_out: str | None, progress: bool | None) -> None:
     """Score LOG offline with the streaming feature and model code, prequentially, and report.
@@ -101,6 +105,7 @@ def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str
     s = _settings(ctx)
     budget_values = _floats(budgets, "--budget")
     k_values = _ints(top_k, "--top-k")
+    model = model or s.model_name
     if model not in model_names():
         raise click.BadParameter(f"unknown model {model!r} (one of {', '.join(model_names())})",
                                  param_hint="--model")
@@ -114,7 +119,7 @@ def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str
     except (ValueError, ConfigError, FeatureError) as exc:
         raise click.UsageError(str(exc)) from None
     opts = BacktestOptions(log=log, labels=labels, mapping=mapping, labels_mapping=labels_mapping,
-                           fmt=fmt, feature_set=fs, model=model,
+                           fmt=fmt, feature_set=fs, model=model, learn_global=not frozen_global,
                            partitions=partitions or s.partitions, seed=seed,
                            max_bytes=s.max_message_bytes)
     show_bar = sys.stderr.isatty() if progress is None else progress

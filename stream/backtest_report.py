@@ -178,7 +178,8 @@ th {{ background: #f3f3f3; }} td:first-child {{ text-align: left; }}
 img {{ max-width: 100%; }} .plots img {{ width: 48%; }} .note {{ color: #555; }}
 </style></head><body>
 <h1>fraudstream backtest</h1>
-<p>Model <b>{html.escape(report['model'])}</b> (version {html.escape(str(report['model_version']))});
+<p>Model <b>{html.escape(report['model'])}</b>
+(version {html.escape(str(report['model_version']))});
 stages {stages}; {report['partitions']} partition(s) per stage.
 Period {html.escape(period.get('from', '-'))} to {html.escape(period.get('to', '-'))}.</p>
 <ul>{headline}</ul>

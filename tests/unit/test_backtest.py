@@ -115,7 +115,8 @@ def test_report_excludes_unlabelled_and_splits_weeks_and_merchants():
     assert rep["events"]["unlabelled"] == 1
     o = rep["overall"]
     assert (o["n"], o["fraud"]) == (6, 2)
-    # without the unlabelled 0.99: positives 0.9, 0.7 vs negatives 0.1, 0.8, 0.2, 0.6: 4 + 3 of 8 pairs
+    # without the unlabelled 0.99: positives 0.9, 0.7 vs negatives 0.1, 0.8, 0.2, 0.6:
+    # 4 + 3 of 8 pairs won
     assert o["roc_auc"] == pytest.approx(7 / 8)
     assert [w["week_start"] for w in rep["weekly"]] == ["2026-01-05", "2026-01-12"]
     assert [(w["n"], w["fraud"]) for w in rep["weekly"]] == [(3, 1), (3, 1)]
@@ -138,38 +139,31 @@ def _sim(tmp_path: Path, events: int = 1500, days: float = 20, seed: int = 3,
     return ev, lab
 
 
-class _Recorder:
-    """Wraps the backtest's scorer and logs every call in order."""
+class _Recording(bt._Scoring):
+    """The backtest's scoring, logging every score and learn call in order."""
 
-    def __init__(self, inner):
-        self.inner = inner
-        self.version = inner.version
+    instances: list = []
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
         self.calls: list[tuple] = []
+        _Recording.instances.append(self)
 
-    def score(self, merged, event, store):
+    def score(self, scorer, merged, event):
         self.calls.append(("score", event["event_id"], event["event_time"]))
-        return self.inner.score(merged, event, store)
+        return super().score(scorer, merged, event)
 
-    def learn(self, label, store):
+    def learn(self, scorer, label):
         self.calls.append(("learn", label["event_id"], label["label_time"]))
-        self.inner.learn(label, store)
-
-    def stats(self):
-        return self.inner.stats()
+        super().learn(scorer, label)
 
 
 def test_prequential_order(tmp_path, monkeypatch):
     ev, lab = _sim(tmp_path)
-    recorders = []
-    make = bt._make_scorer
-
-    def recording(name, seed):
-        recorders.append(_Recorder(make(name, seed)))
-        return recorders[-1]
-
-    monkeypatch.setattr(bt, "_make_scorer", recording)
+    monkeypatch.setattr(bt, "_Scoring", _Recording)
+    _Recording.instances.clear()
     res = run_backtest(BacktestOptions(log=ev, labels=lab, model="logreg"), Settings.load(env={}))
-    calls = recorders[0].calls
+    calls = _Recording.instances[0].calls
     event_time = {c[1]: c[2] for c in calls if c[0] == "score"}
     assert len(event_time) == len(res) == 1500
     scored: set[str] = set()
@@ -191,6 +185,8 @@ def test_prequential_order(tmp_path, monkeypatch):
     assert learned == res.labels_applied > 0
     # The online scorer joined every label with the snapshot stored when its event was scored.
     assert res.learn_stats["labels"]["joined"] == learned
+    # ... and the global model learned each one at once (the trainer's part).
+    assert res.learn_stats["global_model"] == f"logreg-1.{learned}"
     # The same order as online_models.replay.merge_by_time (events first at equal times).
     events = [EventItem(c[1], None, c[2], {}) for c in calls if c[0] == "score"]
     labels = [LabelItem(c[1], False, c[2]) for c in calls if c[0] == "learn"]
@@ -211,7 +207,7 @@ def test_label_at_its_event_time_joins_and_early_label_does_not(tmp_path):
     write_jsonl(events, ev)
     write_jsonl(labels, lab)
     res = run_backtest(BacktestOptions(log=ev, labels=lab, model="logreg"), Settings.load(env={}))
-    assert res.learn_stats["labels"]["joined"] == 1 and res.learn_stats["labels"]["unknown"] == 1
+    assert res.learn_stats["labels"] == {"joined": 1, "not_joined": 1}
     # ground truth still counts both labels
     assert res.labels.tolist() == [-1, 1, 0]
 
@@ -254,16 +250,19 @@ def test_csv_with_map_scores_like_jsonl(tmp_path):
 
 # ---------------------------------------------------------------------- the event path
 class _Capture:
-    version = "capture"
+    """Scoring that keeps each event's merged vector."""
 
     def __init__(self):
         self.vectors: dict[str, dict] = {}
 
-    def score(self, merged, event, store):
-        self.vectors[event["event_id"]] = merged
-        return 0.0, []
+    def for_store(self, store):
+        return None
 
-    def learn(self, label, store):
+    def score(self, scorer, merged, event):
+        self.vectors[event["event_id"]] = merged
+        return 0.0
+
+    def learn(self, scorer, label):
         pass
 
 
@@ -281,7 +280,7 @@ def test_card_features_see_only_their_user_partition(partitions):
     a, b = _user_keys_in_different_partitions(3)
     topo = Topology.build(Settings.load(env={}), default_feature_set())
     cap = _Capture()
-    path = bt._EventPath(topo, partitions, bt._RuntimeScorer(cap))
+    path = bt._EventPath(topo, partitions, cap)
     for i, user in enumerate((a, b)):
         path.event({"event_id": f"e{i}", "event_type": "transaction", "event_time": T0 + i,
                     "user_id": user, "merchant_id": "m1", "card_id": "c1", "amount": 5.0})
