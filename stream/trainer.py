@@ -383,7 +383,10 @@ class Trainer:
         if self._producer is not None:
             self._producer.flush(10)
             self._producer = None
-        if was_active:
+        if was_active and self._stop:
+            log.info("trainer %s stopped: partition 0 goes to a standby instance, if any",
+                     self.instance_id)
+        elif was_active:
             log.info("STANDBY: trainer %s no longer holds partition 0 (%s)", self.instance_id,
                      why)
 
@@ -439,6 +442,7 @@ class Trainer:
         p = self._producer
         started = time.perf_counter()
         published: list[tuple[_Lineage, str]] = []
+        taken = set(self._taken)  # both lineages may publish the same count in one transaction
         try:
             p.begin_transaction()
             for msg, exc in self._dead:
@@ -448,7 +452,8 @@ class Trainer:
                 if lineage is None or not lineage.dirty:
                     continue
                 m = lineage.model
-                version = version_label(m.model.version, m.n_learned, self._taken)
+                version = version_label(m.model.version, m.n_learned, taken)
+                taken.add(version)
                 m.set_version(version)
                 publish_model(p, self.settings, m.to_bytes(), version, m.model.name, m.n_learned,
                               role=lineage.role)
