@@ -16,7 +16,6 @@ stops gracefully on SIGTERM.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from datetime import timedelta
 
@@ -36,6 +35,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--partitions", type=int, required=True,
                    help="partitions of the input topic (Faust's table changelog must match)")
     p.add_argument("--store", choices=("rocksdb", "memory"), default="rocksdb")
+    p.add_argument("--log-level", default="warn", help="Faust worker log level (debug, info...)")
     return p.parse_args(argv)
 
 
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     app = build_app(args)
     # Faust's own CLI entry point runs the worker; -l sets its log level.
-    sys.argv = [sys.argv[0], "worker", "-l", os.environ.get("FAUST_LOGLEVEL", "warn"), "--without-web"]
+    sys.argv = [sys.argv[0], "worker", "-l", args.log_level, "--without-web"]
     app.main()
     return 0
 
