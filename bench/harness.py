@@ -262,9 +262,8 @@ def run_one(cfg: Config, c: Contender, python: Path, bootstrap: str, rnd: int,
                 error = f"exited with code {proc.returncode} after {seen} outputs; " \
                         f"see {log_path}: {_tail(log_path)}"
                 break
-            if now - t0 > cfg.run_timeout:
+            if now - t0 > cfg.run_timeout:  # a partial rate still counts; `processed` < n
                 done = now
-                error = None  # a partial rate is still a rate; `processed` says it is partial
                 log(f"{c.name}: time-out after {cfg.run_timeout:.0f}s with {seen:,} outputs")
                 break
             time.sleep(cfg.poll_interval)
