@@ -55,6 +55,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
                  "topic_dead_letter", "topic_training", "topic_models", "partitions", "group_id",
                  "state_dir"):
         env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(settings, name))
+    env["FRAUDSTREAM_METRICS_PORT"] = "0"  # several workers share this host: no fixed port
     env.update(extra)
     return env
 

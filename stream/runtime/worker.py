@@ -56,7 +56,7 @@ from features.engine import FeatureEngine
 from stream import wire
 from stream.deadletter import dead_letter_headers
 from stream.events import Score, decode_event, decode_label
-from stream.exceptions import DecodeError, KafkaError
+from stream.exceptions import ConfigError, DecodeError, KafkaError
 from stream.observability import HealthServer, WorkerMetrics
 from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
 from online_models.scorer import GlobalModel
@@ -197,9 +197,14 @@ class Worker:
 
     def run(self, exit_when_idle: float | None = None,
             max_events: int | None = None) -> WorkerStats:
-        if self._serve_metrics:
-            self._health = HealthServer(self.metrics, self.settings.metrics_host,
-                                        self.settings.metrics_port).start()
+        if self._serve_metrics and self.settings.metrics_port:
+            host, port = self.settings.metrics_host, self.settings.metrics_port
+            try:
+                self._health = HealthServer(self.metrics, host, port).start()
+            except OSError as exc:
+                raise ConfigError(f"metrics_port: cannot serve on {host}:{port} ({exc.strerror}); "
+                                  "give each worker on a host its own --metrics-port, or 0 for "
+                                  "none") from None
             log.info("metrics and health on http://%s:%d", *self._health.address[:2])
         self.ensure_topics()
         if self.settings.model_name == "heuristic":
@@ -749,29 +754,26 @@ class Worker:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.commit()
-        keys = []
-        for tp in partitions:
-            stage = self._by_topic.get(tp.topic)
-            if stage is not None:
-                self._to_restore.pop((stage.index, tp.partition), None)
-                keys.append((stage.index, tp.partition))
-        self._close_tasks(keys, checkpoint=True)
-        self._record_assignment()
+        self._drop_tasks(partitions, checkpoint=True)
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if self._in_txn:
             raise KafkaError("partitions lost with a transaction open; the worker stops so a "
                              "restart restores committed state")
+        # Another member owns them now: close without a checkpoint (never trust that state).
+        self._drop_tasks(partitions, checkpoint=False)
+        log.warning("lost %s", _describe(partitions))
+
+    def _drop_tasks(self, partitions: list[TopicPartition], checkpoint: bool) -> None:
         keys = []
         for tp in partitions:
             stage = self._by_topic.get(tp.topic)
             if stage is not None:
                 self._to_restore.pop((stage.index, tp.partition), None)
                 keys.append((stage.index, tp.partition))
-        self._close_tasks(keys, checkpoint=False)
+        self._close_tasks(keys, checkpoint=checkpoint)
         self._record_assignment()
-        log.warning("lost %s", _describe(partitions))
 
 
 def _describe(partitions: list[TopicPartition]) -> str:
