@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from stream.trainer import trainer_group
+
 from stream.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -358,7 +360,9 @@ def test_two_workers_and_a_trainer_in_its_own_group(compose):
     assert services["worker"].get("deploy", {}).get("replicas") == 2
     worker = effective_settings(services["worker"])
     trainer = effective_settings(services["trainer"])
-    assert trainer.group_id != worker.group_id, "the trainer must not join the workers' group"
+    # Same application (group_id); the trainer consumes in its own group derived from it.
+    assert trainer.group_id == worker.group_id
+    assert trainer_group(trainer) != worker.group_id, "the trainer must not join the workers' group"
     assert trainer.instance_id, "one trainer: a fixed instance id fences a restarted predecessor"
     assert "deploy" not in services["trainer"] or services["trainer"]["deploy"].get("replicas", 1) == 1
 

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 import yaml
 
+from stream.trainer import trainer_group
+
 from stream import metrics_names
 from stream.settings import ENV_PREFIX, Settings
 from tests.unit.test_compose import (DOCKERFILE, _cli_main, check_command, final_stage,
@@ -609,7 +611,8 @@ def test_trainer_is_single_and_in_its_own_group(rendered):
     assert trainer["spec"]["strategy"]["type"] == "Recreate", "never two trainers at once"
     t = container_settings(rendered, trainer, pod_containers(trainer)[0])
     w = container_settings(rendered, sts, pod_containers(sts)[0])
-    assert t.group_id != w.group_id
+    assert t.group_id == w.group_id  # one application
+    assert trainer_group(t) != w.group_id  # but never a member of the workers' group
     assert t.instance_id
 
 
