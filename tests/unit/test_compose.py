@@ -21,9 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.trainer import trainer_group
-
 from stream.settings import ENV_PREFIX, Settings
+from stream.trainer import trainer_group
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"

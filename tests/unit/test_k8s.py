@@ -20,10 +20,9 @@ from typing import Any
 import pytest
 import yaml
 
-from stream.trainer import trainer_group
-
 from stream import metrics_names
 from stream.settings import ENV_PREFIX, Settings
+from stream.trainer import trainer_group
 from tests.unit.test_compose import (DOCKERFILE, _cli_main, check_command, final_stage,
                                      parse_dockerfile)
 
