@@ -24,6 +24,8 @@ interleaves the labels topic with the repartition topic, which the test cannot f
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 import zlib
 
 from confluent_kafka import Producer
@@ -31,6 +33,7 @@ from confluent_kafka import Producer
 from features.default import default_feature_set
 from stream.backtest import BacktestOptions, run_backtest
 from stream.events import decode_score
+from stream.publisher import EventPublisher
 from stream.replay import ReplayOptions, partition_for, replay
 from stream.runtime import Worker
 from stream.simulate import SimConfig, simulate, write_jsonl
@@ -92,3 +95,78 @@ def test_backtest_partitioner_is_librdkafkas_default(kafka_settings):
     assert producer.flush(30) == 0
     assert delivered == {k: partition_for(k, 5) for k in keys}
     assert delivered == {k: zlib.crc32(k) % 5 for k in keys}
+
+
+def _wait(condition, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_learning_model_parity_when_labels_arrive_between_phases(kafka_settings, tmp_path):
+    """The runtime's default scorer (online models, per-merchant models learning from labels in
+    the worker, no trainer) gives the backtest's scores with ``--frozen-global``.
+
+    Label timing is made deterministic in the stream: the worker scores a first batch of events,
+    then receives every label (all stamped with the batch's last event time, so the backtest
+    applies them at the same point), then scores the rest. Six merchants with a few hundred
+    labels each get trusted per-merchant models, so second-phase scores depend on what was
+    learned.
+    """
+    s = dataclasses.replace(kafka_settings, partitions=1, model_name="default")
+    sim = simulate(SimConfig(events=3000, days=4, fraud_rate=0.04, seed=31, users=120,
+                             merchants=6, maturity_days=0.5, id_prefix="pm"))
+    events = list(sim.iter_events())
+    cut = 2200
+    while events[cut - 1]["event_time"] == events[cut]["event_time"]:
+        cut += 1
+    first_ids = {e["event_id"] for e in events[:cut]}
+    t_cut = events[cut - 1]["event_time"]
+    labels = [dict(lab, label_time=t_cut) for lab in sim.iter_labels()
+              if lab["event_id"] in first_ids]
+    assert len(labels) > 1000
+    ev_a, ev_b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    ev_all, lab = tmp_path / "events.jsonl", tmp_path / "labels.jsonl"
+    write_jsonl(events[:cut], ev_a)
+    write_jsonl(events[cut:], ev_b)
+    write_jsonl(events, ev_all)
+    write_jsonl(labels, lab)
+
+    ensure_topics(s)
+    fs = default_feature_set()
+    worker = Worker(s, instance_id="parity-model", feature_set=fs)
+    thread = threading.Thread(target=worker.run, name="worker", daemon=True)
+    thread.start()
+    try:
+        replay(s, ReplayOptions(log=ev_a))
+        _wait(lambda: worker.stats.scored >= cut, "first-phase scores")
+        with EventPublisher(s) as pub:
+            for label in labels:
+                pub.publish_label(label)
+        _wait(lambda: worker.stats.labels >= len(labels), "labels at the merchant stage")
+        replay(s, ReplayOptions(log=ev_b))
+        _wait(lambda: worker.stats.scored >= len(events), "second-phase scores")
+    finally:
+        worker.request_stop()
+        thread.join(60)
+    assert worker.stats.scored == len(events) and worker.stats.examples == len(labels)
+    streamed = {}
+    for msg in read_topic(s, s.topic_scores, expected=len(events)):
+        score = decode_score(msg.value())
+        streamed[score.event_id] = score.score
+
+    result = run_backtest(BacktestOptions(log=ev_all, labels=lab, feature_set=fs, model="default",
+                                          partitions=1, learn_global=False), s)
+    backtested = dict(zip(result.event_ids, result.scores.tolist()))
+    assert backtested.keys() == streamed.keys()
+    differ = [(e, streamed[e], backtested[e]) for e in result.event_ids
+              if streamed[e] != backtested[e]]
+    assert not differ, f"{len(differ)} of {len(events)} scores differ, first: {differ[:5]}"
+    assert result.learn_stats["labels"]["joined"] == len(labels)
+    # Learning changed the second phase: before any label the untrained global model gives
+    # (nearly) one score; after them the trusted per-merchant models spread the scores.
+    first = {backtested[e["event_id"]] for e in events[:cut]}
+    second = {backtested[e["event_id"]] for e in events[cut:]}
+    assert len(first) < 10 and len(second) > 100
