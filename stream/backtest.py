@@ -36,8 +36,9 @@ recall at review budgets, user-level precision at top-k per day, and the same pe
 per merchant (the largest by volume).
 
 With one partition per stage the order every stage sees is the log's timeline, in the stream and
-here, so scores of a scorer that does not learn are equal event by event
-(``tests/integration/test_parity.py``). With more partitions each (stage, partition) engine sees
+here, so scores are equal event by event (``tests/integration/test_parity.py``: the heuristic
+scorer, and the default model with ``learn_global=False`` when labels reach the worker at a fixed
+point). With more partitions each (stage, partition) engine sees
 the same events in both, but a later stage interleaves its input partitions in whatever order the
 consumer delivers them. A learning model also depends on when labels arrive relative to events
 (the stream interleaves the labels topic with the others as the consumer delivers them) and, for
