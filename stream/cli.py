@@ -283,17 +283,20 @@ def tail(ctx: click.Context, min_score: float, as_json: bool, group: str | None,
 @click.option("--processing-guarantee", type=click.Choice(["exactly_once", "at_least_once"]))
 @click.option("--features", "features_file", type=click.Path(exists=True, dir_okay=False),
               help="Feature definitions (TOML); default: the built-in set.")
+@click.option("--metrics-port", type=int,
+              help="Port of /metrics, /healthz, /readyz (default 9400; 0: none).")
 @click.option("--exit-when-idle", type=float,
               help="Exit after this many seconds without input (batch back-fills, demos).")
 @click.pass_context
 def worker(ctx: click.Context, instance_id: str | None, group_id: str | None,
            processing_guarantee: str | None, features_file: str | None,
-           exit_when_idle: float | None) -> None:
+           metrics_port: int | None, exit_when_idle: float | None) -> None:
     """Consume events, compute features, score, produce scores and dead letters."""
     from stream.runtime import Worker
 
     s = _settings(ctx, instance_id=instance_id, group_id=group_id,
-                  processing_guarantee=processing_guarantee, features_file=features_file)
+                  processing_guarantee=processing_guarantee, features_file=features_file,
+                  metrics_port=metrics_port)
     _setup_logging(s)
     import faulthandler
     import signal as _signal
@@ -304,7 +307,8 @@ def worker(ctx: click.Context, instance_id: str | None, group_id: str | None,
     w.install_signal_handlers()
     stats = w.run(exit_when_idle=exit_when_idle)
     click.echo(f"worker {w.instance_id}: consumed {stats.consumed}, scored {stats.scored}, "
-               f"forwarded {stats.forwarded}, labels {stats.labels}, "
+               f"forwarded {stats.forwarded}, labels {stats.labels} "
+               f"({stats.labels_parked} before their event), examples {stats.examples}, "
                f"dead-lettered {stats.dead_lettered}, commits {stats.commits}, "
                f"restored {stats.restored_records}, recoveries {stats.recoveries}", err=True)
 
@@ -337,16 +341,19 @@ def config_show(ctx: click.Context, as_json: bool) -> None:
 
 # ---------------------------------------------------------------------- demo
 @main.command()
-@click.option("--events", "n_events", default=5000, show_default=True)
-@click.option("--port", type=int, default=9092, show_default=True)
+@click.option("--events", "n_events", default=60_000, show_default=True,
+              help="Events to simulate (labels come on top).")
+@click.option("--days", default=21.0, show_default=True, help="Event-time span of the traffic.")
+@click.option("--port", type=int, default=9092, show_default=True,
+              help="Port of the local broker (started unless one already runs there).")
 @click.option("--seed", default=7, show_default=True)
 @click.pass_context
-def demo(ctx: click.Context, n_events: int, port: int, seed: int) -> None:
-    """Start a local broker, publish generated events, score them, show scores, stop everything."""
+def demo(ctx: click.Context, n_events: int, days: float, port: int, seed: int) -> None:
+    """Simulate, replay, score with two workers and the trainer, summarise; stop everything."""
     from stream.demo import run_demo
 
     s = _settings(ctx, local_kafka_port=port, bootstrap_servers=f"127.0.0.1:{port}")
-    run_demo(s, n_events=n_events, seed=seed, echo=click.echo)
+    run_demo(s, n_events=n_events, seed=seed, echo=click.echo, days=days)
 
 
 # Command groups that live in their own modules, attached when the module is present. A module

@@ -1,7 +1,14 @@
-"""The demo behind ``make demo``: a local broker, generated traffic, a worker, scores arriving.
+"""The demo behind ``make demo``: the whole pipeline on a local broker, in a few minutes.
 
-It starts only what is not already running, and stops exactly what it started (the broker by its
-recorded PID, the worker by the PID of the process it spawned), also when interrupted.
+1. start the local Apache Kafka (unless one runs already) and create this run's topics;
+2. simulate three weeks of labelled traffic (``stream.simulate``);
+3. start two workers and the trainer as separate processes;
+4. replay the log at full speed, events and labels on one timeline, and show scores arriving;
+5. measure publish-to-score latency on a paced stream (200 events/s) once the backlog is gone;
+6. compute quality on the streamed scores (labels from the log), write the backtest's HTML report
+   for the same log, print a summary;
+7. stop exactly what it started (workers and trainer by PID, the broker by its recorded PID) and
+   delete this run's topics and state, also when interrupted.
 """
 
 from __future__ import annotations
@@ -69,16 +76,6 @@ def _txn(event_id: str, t: int, user: str, merchant: str, amount: float, country
     return event
 
 
-# A few malformed records, to show the dead-letter path.
-_MALFORMED = [
-    b"{not json",
-    b'{"event_id":"bad-1","event_type":"transaction","event_time":1767225600000,'
-    b'"user_id":"u1","merchant_id":"m1","amount":-5,"currency":"EUR"}',
-    b'{"event_id":"bad-2","event_type":"transaction","user_id":"u1"}',
-    b"\xff\xfe not utf-8",
-]
-
-
 def _delete_topics(settings: Settings, names: list[str]) -> None:
     """Remove this run's topics (and the worker's internal ones) from a broker we did not start."""
     from confluent_kafka.admin import AdminClient
@@ -94,119 +91,267 @@ def _delete_topics(settings: Settings, names: list[str]) -> None:
 
 
 def run_demo(settings: Settings, n_events: int, seed: int,
-             echo: Callable[[str], None] = print) -> None:
-    from stream.consumer import ScoreConsumer
+             echo: Callable[[str], None] = print, days: float = 21.0) -> dict[str, Any]:
+    """Run the demo; returns the summary figures (also printed)."""
     from stream.localkafka import LocalKafka
-    from stream.publisher import EventPublisher
-    from stream.topics import ensure_topics
 
     t0 = time.monotonic()
     broker = LocalKafka(settings.local_kafka_dir, settings.local_kafka_cache_dir,
                         host=settings.local_kafka_host, port=settings.local_kafka_port,
                         heap=settings.local_kafka_heap, log=echo)
     started_broker = not broker.status().running
-    worker: subprocess.Popen | None = None
+    run_id = f"{int(time.time())}-{os.getpid()}"
+    work = Path(settings.local_kafka_dir).parent / "demo" / run_id
+    work.mkdir(parents=True, exist_ok=True)
+    procs: dict[str, subprocess.Popen] = {}
     created_topics: list[str] = []
-    log_path = Path(settings.local_kafka_dir) / "demo-worker.log"
     try:
         st = broker.up()
         echo(f"[demo] Apache Kafka {st.version} on {st.bootstrap}")
-        # Topics, group and state unique to this run (and deleted at the end), so a demo never
-        # re-reads an earlier run's events.
-        run_id = f"{int(time.time())}-{os.getpid()}"
-        settings = settings.replace(
-            topic_events=f"demo-{run_id}.events", topic_labels=f"demo-{run_id}.labels",
-            topic_scores=f"demo-{run_id}.scores", topic_dead_letter=f"demo-{run_id}.dead-letter",
-            group_id=f"demo-{run_id}", instance_id="demo",
-            state_dir=str(Path(settings.local_kafka_dir) / "demo-state"))
-        report = ensure_topics(settings)
-        created_topics = list(report.created)
-        echo(f"[demo] topics ready: {', '.join(report.created)}")
-        env = dict(os.environ)
-        env.update({f"FRAUDSTREAM_{k.upper()}": str(v) for k, v in (
-            ("bootstrap_servers", settings.bootstrap_servers), ("group_id", settings.group_id),
-            ("instance_id", "demo"), ("topic_events", settings.topic_events),
-            ("topic_labels", settings.topic_labels), ("topic_scores", settings.topic_scores),
-            ("topic_dead_letter", settings.topic_dead_letter), ("state_dir", settings.state_dir),
-            ("partitions", settings.partitions))})
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        with log_path.open("wb") as log_file:
-            worker = subprocess.Popen([sys.executable, "-m", "stream", "worker"], env=env,
-                                      stdout=log_file, stderr=subprocess.STDOUT)
-        echo(f"[demo] worker started (PID {worker.pid}, log {log_path})")
+        # Topics, group and state unique to this run (deleted at the end), so a demo never
+        # re-reads an earlier run's data.
+        names = {f"topic_{t}": f"demo-{run_id}.{t.replace('_', '-')}" for t in
+                 ("events", "labels", "scores", "dead_letter", "training", "models")}
+        settings = settings.replace(group_id=f"demo-{run_id}", state_dir=str(work / "state"),
+                                    **names)
+        from stream.topics import ensure_topics
+        created_topics = list(ensure_topics(settings).created)
+        echo(f"[demo] created {len(created_topics)} topics for run {run_id}")
 
-        consumer = ScoreConsumer(settings, from_beginning=True)
-        events = generate_events(n_events, seed, id_prefix=f"demo{run_id}")
-        sent_at: dict[str, float] = {}
-        pub_start = time.monotonic()
-        with EventPublisher(settings) as pub:
-            for raw in _MALFORMED:
-                pub.publish_raw(settings.topic_events, raw, b"u1")
-            for event in events:
-                pub.publish(event)
-                sent_at[event["event_id"]] = time.monotonic()
-        del pub  # its connections must not outlive the broker this demo may stop
-        pub_secs = time.monotonic() - pub_start
-        echo(f"[demo] published {len(events)} events and {len(_MALFORMED)} malformed records in "
-             f"{pub_secs:.2f}s")
-
-        latencies: list[float] = []
-        decisions: dict[str, int] = {}
-        shown = 0
-        first_score = last_score = None
-        deadline = time.monotonic() + 120
-        seen: set[str] = set()
-        while len(seen) < len(events) and time.monotonic() < deadline:
-            rec = consumer.poll(0.5)
-            if rec is None:
-                if worker.poll() is not None:
-                    raise RuntimeError(f"the worker exited with code {worker.returncode}; "
-                                       f"see {log_path}")
-                continue
-            now = time.monotonic()
-            sc = rec.score
-            if sc.event_id not in sent_at or sc.event_id in seen:
-                continue
-            seen.add(sc.event_id)
-            first_score = first_score or now
-            last_score = now
-            latencies.append((now - sent_at[sc.event_id]) * 1000)
-            decisions[sc.decision] = decisions.get(sc.decision, 0) + 1
-            if shown < 8 or (sc.decision != "approve" and shown < 16):
-                shown += 1
-                top = sc.reasons[0]["feature"] if sc.reasons else "-"
-                echo(f"  score {sc.score:.3f} {sc.decision:<7} {sc.event_id} user={sc.user_id} "
-                     f"merchant={sc.merchant_id} top reason={top}")
-        consumer.close()
-        latencies.sort()
-        span = (last_score - pub_start) if last_score else float("nan")
-
-        def pct(p: float) -> float:
-            return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0
-
-        echo("[demo] summary")
-        echo(f"  events scored       {len(seen)} of {len(events)}")
-        echo(f"  decisions           {dict(sorted(decisions.items()))}")
-        echo(f"  throughput          {len(seen) / span:,.0f} events/s (publish to last score)")
-        echo(f"  publish->read_committed score latency  p50 {pct(0.5):.0f} ms  "
-             f"p99 {pct(0.99):.0f} ms  (batched publishing, 100 ms transactions)")
-        if len(seen) < len(events):
-            raise RuntimeError(f"only {len(seen)} of {len(events)} events were scored in time")
+        events_path, labels_path, n_labels = _simulate(work, n_events, days, seed, echo)
+        procs = _start_processes(settings, work, echo)
+        summary = _stream(settings, events_path, labels_path, n_events, n_labels, procs, echo)
+        summary.update(_paced_latency(settings, seed, procs, echo))
+        summary.update(_quality(summary.pop("_scores"), labels_path))
+        summary["report"] = str(_report(events_path, labels_path, work, echo))
+        summary["trainer"] = _trainer_line(work)
+        _print_summary(summary, echo, time.monotonic() - t0)
+        return summary
     finally:
-        if worker is not None and worker.poll() is None:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
-            echo("[demo] worker stopped")
-            for line in log_path.read_text().splitlines()[-1:]:
-                echo(f"  {line}")
+        _stop_processes(procs, echo)
         if created_topics and not started_broker:
             _delete_topics(settings, created_topics)
-        shutil.rmtree(Path(settings.state_dir) / settings.group_id, ignore_errors=True)
+        shutil.rmtree(work / "state", ignore_errors=True)
         if started_broker:
             broker.down()
             echo("[demo] broker stopped")
-        echo(f"[demo] done in {time.monotonic() - t0:.1f}s")
+        echo(f"[demo] done in {time.monotonic() - t0:.1f}s; logs and report in {work}")
+
+
+def _simulate(work: Path, n_events: int, days: float, seed: int,
+              echo: Callable[[str], None]) -> tuple[Path, Path, int]:
+    from stream.simulate import SimConfig, simulate, write_jsonl
+
+    started = time.monotonic()
+    sim = simulate(SimConfig(events=n_events, days=days, fraud_rate=0.02, seed=seed,
+                             id_prefix=f"demo{seed}"))
+    events_path, labels_path = work / "events.jsonl.gz", work / "labels.jsonl.gz"
+    write_jsonl(sim.iter_events(), events_path)
+    n_labels = write_jsonl(sim.iter_labels(), labels_path)
+    echo(f"[demo] simulated {n_events:,} events over {days:g} days and {n_labels:,} labels "
+         f"in {time.monotonic() - started:.1f}s ({events_path})")
+    return events_path, labels_path, n_labels
+
+
+def _start_processes(settings: Settings, work: Path,
+                     echo: Callable[[str], None]) -> dict[str, subprocess.Popen]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
+    for name in ("bootstrap_servers", "group_id", "state_dir", "topic_events", "topic_labels",
+                 "topic_scores", "topic_dead_letter", "topic_training", "topic_models",
+                 "partitions"):
+        env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(settings, name))
+    env["FRAUDSTREAM_METRICS_PORT"] = "0"
+    env["FRAUDSTREAM_TRAINER_PUBLISH_EVERY"] = "2000"
+    env["FRAUDSTREAM_TRAINER_PUBLISH_INTERVAL_S"] = "5"
+    commands = {"worker-1": ["worker", "--instance-id", "demo-1"],
+                "worker-2": ["worker", "--instance-id", "demo-2"],
+                "trainer": ["trainer", "--no-metrics"]}
+    procs = {}
+    for name, args in commands.items():
+        with (work / f"{name}.log").open("wb") as log:
+            procs[name] = subprocess.Popen([sys.executable, "-m", "stream", *args], env=env,
+                                           stdout=log, stderr=subprocess.STDOUT)
+        echo(f"[demo] {name} started (PID {procs[name].pid}, log {work / (name + '.log')})")
+    return procs
+
+
+def _stream(settings: Settings, events_path: Path, labels_path: Path, n_events: int,
+            n_labels: int, procs: dict[str, subprocess.Popen],
+            echo: Callable[[str], None]) -> dict[str, Any]:
+    """Replay at full speed while reading scores; returns throughput and every score."""
+    import threading
+
+    from stream.consumer import ScoreConsumer
+    from stream.replay import ReplayOptions, replay
+
+    consumer = ScoreConsumer(settings, from_beginning=True)
+    outcome: dict[str, Any] = {}
+
+    def run_replay() -> None:
+        try:
+            outcome["result"] = replay(settings, ReplayOptions(log=events_path, labels=labels_path),
+                                       checkpoint=events_path.with_suffix(".checkpoint"))
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            outcome["error"] = exc
+
+    started = time.monotonic()
+    sender = threading.Thread(target=run_replay, name="replay", daemon=True)
+    sender.start()
+    scores: dict[str, float] = {}
+    shown, last_report = 0, started
+    deadline = started + 600
+    try:
+        while len(scores) < n_events:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {len(scores)} of {n_events} events were scored in time")
+            if "error" in outcome:
+                raise RuntimeError(f"replay failed: {outcome['error']}")
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with code {proc.returncode}")
+            rec = consumer.poll(0.5)
+            if rec is None:
+                continue
+            sc = rec.score
+            scores[sc.event_id] = sc.score
+            if sc.decision != "approve" and shown < 8:
+                shown += 1
+                top = sc.reasons[0]["feature"] if sc.reasons else "-"
+                echo(f"  {sc.decision:<6} {sc.score:.3f} {sc.event_id} user={sc.user_id} "
+                     f"merchant={sc.merchant_id} model={sc.model_version} top reason={top}")
+            now = time.monotonic()
+            if now - last_report >= 5:
+                last_report = now
+                echo(f"[demo] {len(scores):,}/{n_events:,} scored "
+                     f"({len(scores) / (now - started):,.0f}/s)")
+    finally:
+        consumer.close()
+    sender.join(60)
+    elapsed = time.monotonic() - started
+    sent = outcome.get("result")
+    echo(f"[demo] all {n_events:,} events scored in {elapsed:.1f}s"
+         + (f"; replay sent {sent.events_sent:,} events and {sent.labels_sent:,} labels"
+            if sent is not None else ""))
+    return {"events": n_events, "labels": n_labels, "seconds": elapsed,
+            "throughput": n_events / elapsed, "_scores": scores}
+
+
+def _paced_latency(settings: Settings, seed: int, procs: dict[str, subprocess.Popen],
+                   echo: Callable[[str], None], rate: float = 200.0,
+                   count: int = 600) -> dict[str, Any]:
+    """Publish ``count`` events at ``rate``/s and time each from publish to committed score."""
+    from stream.consumer import ScoreConsumer
+    from stream.publisher import EventPublisher
+
+    events = generate_events(count, seed + 1, start_ms=1_800_000_000_000,
+                             id_prefix=f"paced{seed}")
+    consumer = ScoreConsumer(settings, from_beginning=False)
+    consumer.poll(1.0)
+    while not consumer._consumer.assignment():  # joined: only scores from now on are read
+        consumer.poll(0.2)
+    sent_at: dict[str, float] = {}
+    latencies: list[float] = []
+    with EventPublisher(settings, **{"linger.ms": 0}) as pub:
+        start = time.monotonic()
+        for i, event in enumerate(events):
+            due = start + i / rate
+            while time.monotonic() < due:
+                rec = consumer.poll(max(0.0, min(0.002, due - time.monotonic())))
+                if rec is not None and rec.score.event_id in sent_at:
+                    latencies.append(time.monotonic() - sent_at[rec.score.event_id])
+            pub.publish(event)
+            pub.poll(0)
+            sent_at[event["event_id"]] = time.monotonic()
+    deadline = time.monotonic() + 60
+    while len(latencies) < count and time.monotonic() < deadline:
+        rec = consumer.poll(0.2)
+        if rec is not None and rec.score.event_id in sent_at:
+            latencies.append(time.monotonic() - sent_at[rec.score.event_id])
+    consumer.close()
+    latencies.sort()
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000
+
+    echo(f"[demo] paced {count} events at {rate:.0f}/s: {len(latencies)} scored")
+    return {"latency_ms": {"p50": pct(0.5), "p99": pct(0.99), "max": latencies[-1] * 1000}
+            if latencies else None, "paced_rate": rate}
+
+
+def _quality(scores: dict[str, float], labels_path: Path) -> dict[str, Any]:
+    """ROC AUC, average precision and precision/recall at a 1% review budget on the streamed
+    scores of every labelled event."""
+    import gzip
+
+    import numpy as np
+
+    from stream import wire
+    from stream.backtest import average_precision, precision_recall_at_budget, roc_auc
+
+    truth: dict[str, bool] = {}
+    with gzip.open(labels_path, "rb") as fh:
+        for line in fh:
+            label = wire.loads(line)
+            truth[label["event_id"]] = bool(label["is_fraud"])
+    ids = [eid for eid in truth if eid in scores]
+    s = np.array([scores[eid] for eid in ids])
+    y = np.array([truth[eid] for eid in ids])
+    _, precision, recall, _ = precision_recall_at_budget(s, y, 0.01)
+    return {"labelled": len(ids), "frauds": int(y.sum()), "auc": roc_auc(s, y),
+            "ap": average_precision(s, y),
+            "at_budget_1pct": {"precision": precision, "recall": recall}}
+
+
+def _report(events_path: Path, labels_path: Path, work: Path,
+            echo: Callable[[str], None]) -> Path:
+    """The backtest's HTML report for the same log (same feature and model code, offline)."""
+    from stream.backtest import BacktestOptions, compute_report, run_backtest
+    from stream.backtest_report import write_report
+
+    started = time.monotonic()
+    result = run_backtest(BacktestOptions(log=events_path, labels=labels_path))
+    paths = write_report(work / "report", result, compute_report(result))
+    echo(f"[demo] backtest report written in {time.monotonic() - started:.1f}s")
+    return paths["html"]
+
+
+def _trainer_line(work: Path) -> str:
+    lines = [line for line in (work / "trainer.log").read_text(errors="replace").splitlines()
+             if "publish" in line.lower()]
+    return lines[-1].split(": ", 1)[-1] if lines else "no model published yet"
+
+
+def _print_summary(summary: dict[str, Any], echo: Callable[[str], None], total: float) -> None:
+    lat = summary.get("latency_ms")
+    budget = summary.get("at_budget_1pct") or {}
+
+    def fmt(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else "n/a"
+
+    echo("[demo] summary")
+    echo(f"  events processed      {summary['events']:,} (+ {summary['labels']:,} labels)")
+    echo(f"  throughput            {summary['throughput']:,.0f} events/s "
+         "(replay at full speed to last committed score; 2 workers, 2 stages, exactly-once)")
+    if lat:
+        echo(f"  end-to-end latency    p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, max "
+             f"{lat['max']:.0f} ms (publish to read_committed score, "
+             f"{summary['paced_rate']:.0f} events/s paced)")
+    echo(f"  quality (streamed)    ROC AUC {fmt(summary['auc'])}, AP {fmt(summary['ap'])}, "
+         f"precision@1% {fmt(budget.get('precision'))}, recall@1% {fmt(budget.get('recall'))} "
+         f"over {summary['labelled']:,} labelled events ({summary['frauds']:,} fraud)")
+    echo(f"  trainer               {summary['trainer']}")
+    echo(f"  HTML report           {summary['report']}")
+    echo(f"  wall time so far      {total:.0f}s")
+
+
+def _stop_processes(procs: dict[str, subprocess.Popen], echo: Callable[[str], None]) -> None:
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    for name, proc in procs.items():
+        try:
+            proc.wait(45)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        echo(f"[demo] {name} stopped (exit {proc.returncode})")

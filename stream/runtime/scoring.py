@@ -40,8 +40,11 @@ class Scorer(Protocol):
 
     def score(self, features: Mapping[str, Any], event: Mapping[str, Any]) -> Outcome: ...
 
-    def learn(self, label: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Learn from a label; returns the joined training example for the trainer, if any."""
+    def learn(self, label: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        """Learn from a label: (status, the joined training example for the trainer or None).
+
+        Status ``unknown`` means no event with that id was scored here (yet): the runtime parks
+        the label and applies it when the event is scored."""
 
     def flush(self) -> None:
         """Write dirty per-merchant state into the store (called before changelogs)."""
@@ -77,9 +80,9 @@ class ModelScorer:
                             event["event_time"])
         return Outcome(round(rec.score, 6), rec.decision, rec.model_version, rec.reasons)
 
-    def learn(self, label: Mapping[str, Any]) -> dict[str, Any] | None:
+    def learn(self, label: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
         out = self._s.learn(label["event_id"], bool(label["is_fraud"]), label["label_time"])
-        return out.example.to_dict() if out.example is not None else None
+        return out.status, (out.example.to_dict() if out.example is not None else None)
 
     def flush(self) -> None:
         self._s.flush()
@@ -136,8 +139,8 @@ class HeuristicScorer:
                    for c, name, value in contributions[:3]]
         return Outcome(round(score, 6), None, self.version, reasons)
 
-    def learn(self, label: Mapping[str, Any]) -> dict[str, Any] | None:
-        return None
+    def learn(self, label: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        return "ignored", None
 
     def flush(self) -> None:
         return None

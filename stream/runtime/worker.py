@@ -83,6 +83,8 @@ class _Stuck(Exception):
 # Keys of internal repartition records: an event with the features computed so far (and when the
 # event was appended to the events topic, for end-to-end latency), or a label.
 _EVENT, _FEATURES, _LABEL, _APPENDED = "e", "f", "l", "t"
+# State key prefix of labels waiting for their event (see Worker._apply_label).
+_PARKED = b"\x00pl/"
 
 
 def decide(score: float, settings: Settings) -> str:
@@ -104,6 +106,7 @@ class WorkerStats:
     commits: int = 0
     restored_records: int = 0
     examples: int = 0
+    labels_parked: int = 0
     recoveries: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -146,6 +149,7 @@ class Worker:
         self._challenger: Any | None = None
         self._model_feed: ModelFeed | None = None
         self.model_version = "heuristic-1" if settings.model_name == "heuristic" else None
+        self._parks_labels = settings.model_name != "heuristic"
         self.state_backend = state_backend
         self.state_root = Path(settings.state_dir) / settings.group_id / self.instance_id
         self.stats = WorkerStats()
@@ -326,11 +330,7 @@ class Worker:
         if _LABEL in record:
             self.stats.labels += 1
             self._child("fraudstream_labels_total", stage.name).inc()
-            label = record[_LABEL]
-            if task.engine is not None and stage.features is not None:
-                task.engine.process_label(label)
-            if task.scorer is not None:
-                self._emit_example(task.scorer.learn(label))
+            self._apply_label(task, record[_LABEL])
             return
         self._advance(task, record[_EVENT], record[_FEATURES], record.get(_APPENDED, 0))
 
@@ -363,6 +363,30 @@ class Worker:
         self._child("fraudstream_scores_total", score.decision).inc()
         if appended_ms > 0:
             self._e2e_pending.append(appended_ms)
+        if self._parks_labels:
+            key = _PARKED + event["event_id"].encode()
+            parked = task.store.get(key)
+            if parked is not None:  # its label overtook it: learn now that the vector exists
+                task.store.delete(key)
+                self._apply_label(task, parked[1])
+
+    def _apply_label(self, task: Task, label: dict[str, Any]) -> None:
+        """Fold a label into the stage's features and, on the last stage, learn from it.
+
+        A label can overtake its event (a replay at full speed, a review within seconds):
+        the last stage then parks it under the event id, in the partition's state, until the
+        event is scored.
+        """
+        if task.scorer is not None:
+            status, example = task.scorer.learn(label)
+            if status == "unknown" and self._parks_labels:
+                task.store.put(_PARKED + str(label["event_id"]).encode(),
+                               [int(label["label_time"]), label], cache=False)
+                self.stats.labels_parked += 1
+                return
+            self._emit_example(example)
+        if task.engine is not None:
+            task.engine.process_label(label)
 
     def _route_label(self, msg: Message) -> None:
         try:
@@ -378,8 +402,8 @@ class Worker:
         if len(self.topology.stages) == 1:
             # A one-stage topology has no repartition topic: labels apply directly.
             task = self._tasks.get((0, msg.partition()))
-            if task is not None and task.scorer is not None:
-                self._emit_example(task.scorer.learn(label.to_dict()))
+            if task is not None:
+                self._apply_label(task, label.to_dict())
 
     def _dead_letter(self, msg: Message, error: DecodeError) -> None:
         self.stats.dead_lettered += 1

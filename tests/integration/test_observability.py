@@ -73,7 +73,9 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
             while time.monotonic() < deadline:
                 _, text = _get(base + "/metrics")
                 scored = _sample(text, "fraudstream_scores_total")
-                if scored >= len(events):
+                # End-to-end latency is observed just after each commit returns.
+                if scored >= len(events) and _sample(
+                        text, "fraudstream_end_to_end_seconds_count") >= len(events):
                     break
                 time.sleep(0.5)
             assert scored == len(events)

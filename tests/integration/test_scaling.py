@@ -90,17 +90,37 @@ def _wait_for_scores(s: Settings, at_least: int, timeout: float, procs) -> None:
         assert all(p.poll() is None for p in procs), "a worker exited early"
 
 
+def _owned(log_path: Path, topic: str) -> set[int]:
+    """Partitions of ``topic`` a worker holds now, replayed from its assigned/revoked log lines."""
+    held: set[int] = set()
+    pattern = re.compile(rf"(assigned|revoked|lost) .*?{re.escape(topic)}\[([0-9, ]+)\]")
+    for line in log_path.read_text().splitlines():
+        m = pattern.search(line)
+        if m:
+            parts = {int(p) for p in m.group(2).split(",")}
+            held = held | parts if m.group(1) == "assigned" else held - parts
+    return held
+
+
 def test_three_workers_one_killed_partitions_move_and_state_is_restored(kafka_settings, tmp_path):
+    """Events arrive at a steady rate while three workers share them; one that owns user
+    partitions is SIGKILLed; the others take its partitions over, rebuild their state from the
+    changelog, and every score still equals an uninterrupted reference run's."""
     n = 30_000
     s = kafka_settings.replace(partitions=3, features_file=str(tmp_path / "features.toml"),
                                model_name="heuristic")
     (tmp_path / "features.toml").write_text(USER_STAGE_FEATURES)
     ensure_topics(s)
     events = generate_events(n, seed=21, id_prefix="scale")
-    with EventPublisher(s) as pub:
-        for e in events:
-            pub.publish(e)
-    expected = _reference(s, tmp_path, n)
+    published = threading.Event()
+
+    def publish_steadily() -> None:  # about 1,500 events/s: the stream outlives the kill
+        with EventPublisher(s) as pub:
+            for i, e in enumerate(events):
+                pub.publish(e)
+                if i % 150 == 149:
+                    time.sleep(0.1)
+        published.set()
 
     run = s.replace(group_id=s.group_id + "-run", state_dir=str(tmp_path / "run"))
     env = process_env(run, FRAUDSTREAM_FEATURES_FILE=s.features_file,
@@ -110,15 +130,34 @@ def test_three_workers_one_killed_partitions_move_and_state_is_restored(kafka_se
                                      name], env=env, stdout=log, stderr=subprocess.STDOUT,
                                     cwd=ROOT)
              for name, log in logs.items()}
+    publisher = threading.Thread(target=publish_steadily, daemon=True)
+    survivors: list[str] = []
     try:
-        _wait_for_scores(run, n // 5, 180, procs.values())
-        victim = procs["w2"]
-        victim.send_signal(signal.SIGKILL)
-        victim.wait()
-        _wait_for_scores(run, n, 300, [procs["w1"], procs["w3"]])
-        for name in ("w1", "w3"):
+        publisher.start()
+        # Kill a worker that owns user partitions (the stage with state) and has held them
+        # through a stretch of progress, while events are still arriving.
+        deadline = time.monotonic() + 120
+        victim_name = None
+        while victim_name is None:
+            assert time.monotonic() < deadline, "no worker kept a user partition"
+            _wait_for_scores(run, count_scores(run) + 1000, 120, procs.values())
+            owned = {name: _owned(tmp_path / f"{name}.log", run.topic_events) for name in procs}
+            candidate = next((name for name, parts in owned.items() if parts), None)
+            if candidate is None:
+                continue
+            _wait_for_scores(run, count_scores(run) + 1000, 120, procs.values())
+            if _owned(tmp_path / f"{candidate}.log", run.topic_events) == owned[candidate]:
+                victim_name = candidate
+        assert not published.is_set(), "the stream ended before the kill: slow the publisher"
+        procs[victim_name].send_signal(signal.SIGKILL)
+        procs[victim_name].wait()
+        survivors = [name for name in procs if name != victim_name]
+        publisher.join(300)
+        assert published.is_set()
+        _wait_for_scores(run, n, 300, [procs[name] for name in survivors])
+        for name in survivors:
             procs[name].send_signal(signal.SIGTERM)
-        for name in ("w1", "w3"):
+        for name in survivors:
             assert procs[name].wait(60) == 0
     finally:
         for p in procs.values():
@@ -127,9 +166,10 @@ def test_three_workers_one_killed_partitions_move_and_state_is_restored(kafka_se
                 p.wait()
         for log in logs.values():
             log.close()
-    survivors = (tmp_path / "w1.log").read_text() + (tmp_path / "w3.log").read_text()
-    restored = [int(x) for x in re.findall(r"(\d+) changelog records restored", survivors)]
+    text = "".join((tmp_path / f"{name}.log").read_text() for name in survivors)
+    restored = [int(x) for x in re.findall(r"(\d+) changelog records restored", text)]
     assert any(x > 0 for x in restored), "the moved partitions were not restored from changelogs"
+    expected = _reference(s, tmp_path, n)
     _assert_exactly_once_and_equal(_scores(run, n), expected, {e["event_id"] for e in events})
 
 

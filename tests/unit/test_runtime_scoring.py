@@ -19,12 +19,12 @@ def test_model_scorer_stores_the_snapshot_and_joins_the_label(tmp_path):
     assert out.decision in ("approve", "review", "block")
     assert out.version.startswith(scorer.version)
     # The label joins the vector stored at scoring time, through the store (and its changelog).
-    example = scorer.learn({"event_id": "e1", "is_fraud": True,
-                            "label_time": EVENT["event_time"] + 86_400_000})
-    assert example is not None and example["is_fraud"] is True
+    status, example = scorer.learn({"event_id": "e1", "is_fraud": True,
+                                    "label_time": EVENT["event_time"] + 86_400_000})
+    assert status == "joined" and example is not None and example["is_fraud"] is True
     assert example["snapshot"][3]["user_txn_count_1m"] == 3
     assert scorer.learn({"event_id": "never-scored", "is_fraud": False,
-                         "label_time": EVENT["event_time"]}) is None
+                         "label_time": EVENT["event_time"]}) == ("unknown", None)
     scorer.flush()
     assert store.flush()  # the snapshot and merchant state reached the store's change set
     store.close()
