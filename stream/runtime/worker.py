@@ -35,6 +35,7 @@ crash between the two re-processes the batch; feature state may then count those
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import shutil
@@ -228,6 +229,10 @@ class Worker:
         last_activity = time.monotonic()
         batch = self.settings.poll_batch_size
         self.metrics.started = True
+        # Feature state is millions of small containers without reference cycles: collect the
+        # youngest generation far less often (the default 700 allocations costs ~10-20 % CPU).
+        gc_thresholds = gc.get_threshold()
+        gc.set_threshold(50_000, *gc_thresholds[1:])
         try:
             while not self._stop:
                 self.metrics.beat()
@@ -264,6 +269,7 @@ class Worker:
             self.commit()
             self._close_tasks(list(self._tasks), checkpoint=True)
         finally:
+            gc.set_threshold(*gc_thresholds)
             self._shutdown_clients()
             if self._model_feed is not None:
                 self._model_feed.close()

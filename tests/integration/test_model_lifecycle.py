@@ -92,3 +92,30 @@ def test_trainer_publishes_and_worker_picks_up_the_new_version_live(kafka_settin
                 proc.wait()
         for log in logs.values():
             log.close()
+
+
+def test_labels_that_overtake_their_events_are_parked_and_learned(kafka_settings):
+    """Labels published before their events (a replay at full speed can do that) are kept in
+    partition state and joined when the event is scored: every one becomes a training example."""
+    from stream.runtime import Worker
+
+    s = kafka_settings.replace(partitions=2)
+    ensure_topics(s)
+    events = generate_events(120, seed=61, id_prefix="park")
+    with EventPublisher(s) as pub:
+        for e in events:
+            pub.publish_label({"event_id": e["event_id"], "user_id": e["user_id"],
+                               "merchant_id": e["merchant_id"], "is_fraud": e["amount"] < 2.0,
+                               "label_time": e["event_time"] + DAY_MS})
+    worker = Worker(s, instance_id="park")
+    stats = worker.run(exit_when_idle=4)  # labels only: nothing to join yet
+    assert stats.labels == len(events) and stats.labels_parked == len(events)
+    assert stats.examples == 0
+    with EventPublisher(s) as pub:
+        for e in events:
+            pub.publish(e)
+    stats = Worker(s, instance_id="park").run(exit_when_idle=4)  # restarted: parked in state
+    assert stats.scored == len(events)
+    assert stats.examples == len(events)
+    examples = read_topic(s, s.topic_training, expected=len(events), idle=1)
+    assert len(examples) == len(events)
