@@ -93,8 +93,10 @@ _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS
 # 1970-01-01 was a Thursday: shift so that weeks start on Monday 00:00 UTC.
 _MONDAY_OFFSET_MS = 3 * _DAY_MS
-# Worker repartition record keys (stream.runtime.worker): event, features so far.
+# Worker repartition record keys (stream.runtime.worker): event, features so far; and the state
+# key prefix under which the worker parks a label that overtook its event.
 _EVENT, _FEATURES = "e", "f"
+_PARKED = b"\x00pl/"
 
 
 def model_names() -> list[str]:
@@ -186,8 +188,10 @@ class _Scoring:
             self.global_model = GlobalModel.create(name, seed)
         self.learn_global = learn_global and self.global_model is not None
         self.version = HEURISTIC if self.global_model is None else self.global_model.version
-        self.joined = 0
-        self.not_joined = 0
+        # Labels park like the worker's (stream.runtime.worker): not for the heuristic.
+        self.parks_labels = name != HEURISTIC
+        self.statuses: dict[str, int] = {}
+        self.parked = 0
         self._scorers: list[Any] = []
 
     def for_store(self, store: Any) -> Any:
@@ -203,25 +207,24 @@ class _Scoring:
         self.version = out.version
         return out.score
 
-    def learn(self, scorer: Any, label: dict) -> None:
-        _, example = scorer.learn(label)
+    def learn(self, scorer: Any, label: dict) -> str:
+        """Let a task's scorer learn a label; its status (``unknown``: no such event scored)."""
+        status, example = scorer.learn(label)
         if self.global_model is None:
-            return
-        if example is None:  # unknown event, duplicate or expired label
-            self.not_joined += 1
-            return
-        self.joined += 1
-        if self.learn_global:
+            return status
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+        if example is not None and self.learn_global:
             from online_models.labels import Example
 
             self.global_model.learn(Example.from_dict(example))
+        return status
 
     def stats(self) -> dict[str, Any]:
         for scorer in self._scorers:
             scorer.flush()
         if self.global_model is None:
             return {}
-        return {"labels": {"joined": self.joined, "not_joined": self.not_joined},
+        return {"labels": dict(sorted(self.statuses.items())), "parked": self.parked,
                 "global_model": self.global_model.version,
                 "global_learning": self.learn_global}
 
@@ -256,35 +259,54 @@ class _EventPath:
     def event(self, event: dict[str, Any]) -> float:
         stages, last = self.stages, self._last
         # Stage 0 reads the events topic, keyed by user_id (EventPublisher, replay).
-        engine, _, scorer = self._task(0, event["user_id"])
+        engine, store, scorer = self._task(0, event["user_id"])
         merged = engine.process(event) if engine is not None else {}
         for i in range(1, last + 1):
             # Forward as the worker does: wire-encoded, keyed by the next stage's field.
             record = wire.loads(wire.dumps({_EVENT: event, _FEATURES: merged}))
             event, upstream = record[_EVENT], record[_FEATURES]
-            engine, _, scorer = self._task(i, event.get(stages[i].key_field) or event["user_id"])
+            engine, store, scorer = self._task(i, event.get(stages[i].key_field)
+                                               or event["user_id"])
             features = engine.process(event) if engine is not None else {}
             if upstream:
                 merged = dict(upstream)
                 merged.update(features)
             else:
                 merged = features
-        return self.scoring.score(scorer, merged, event)
+        score = self.scoring.score(scorer, merged, event)
+        if self.scoring.parks_labels:
+            key = _PARKED + event["event_id"].encode()
+            parked = store.get(key)
+            if parked is not None:  # its label overtook it: learn now that the vector exists
+                store.delete(key)
+                self._apply_label((engine, store, scorer), parked[1])
+        return score
 
     def label(self, label: dict[str, Any]) -> None:
         if self._last == 0:
-            # One stage: no repartition topic; the worker lets the scorer learn directly.
-            self.scoring.learn(self._task(0, label["merchant_id"])[2], label)
+            # One stage: no repartition topic; the worker applies labels to the labels topic's
+            # partition (keyed by merchant_id) of stage 0.
+            self._apply_label(self._task(0, label["merchant_id"]), label)
             return
         for stage in self.stages[1:]:
-            if not stage.receives_labels:
-                continue
-            engine, _, scorer = self._task(stage.index,
-                                           label.get(stage.key_field) or label["merchant_id"])
-            if engine is not None:
-                engine.process_label(label)
-            if scorer is not None:
-                self.scoring.learn(scorer, label)
+            if stage.receives_labels:
+                self._apply_label(self._task(stage.index, label.get(stage.key_field)
+                                             or label["merchant_id"]), label)
+
+    def _apply_label(self, task: tuple[FeatureEngine | None, Any, Any],
+                     label: dict[str, Any]) -> None:
+        """As ``Worker._apply_label``: the scorer learns (a label for an event not scored yet is
+        parked in the task's state until it is), then the stage's features fold it."""
+        engine, store, scorer = task
+        if scorer is not None:
+            status = self.scoring.learn(scorer, label)
+            if status == "unknown" and self.scoring.parks_labels:
+                store.put(_PARKED + str(label["event_id"]).encode(),
+                          [int(label["label_time"]), label], cache=False)
+                self.scoring.parked += 1
+                return
+        if engine is not None:
+            engine.process_label(label)
 
 
 # ---------------------------------------------------------------------- running

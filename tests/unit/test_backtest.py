@@ -155,7 +155,7 @@ class _Recording(bt._Scoring):
 
     def learn(self, scorer, label):
         self.calls.append(("learn", label["event_id"], label["label_time"]))
-        super().learn(scorer, label)
+        return super().learn(scorer, label)
 
 
 def test_prequential_order(tmp_path, monkeypatch):
@@ -195,20 +195,32 @@ def test_prequential_order(tmp_path, monkeypatch):
     assert merged == [(c[0], c[1]) for c in calls]
 
 
-def test_label_at_its_event_time_joins_and_early_label_does_not(tmp_path):
+def test_label_at_its_event_time_joins_and_early_label_waits_for_its_event(tmp_path):
     events = [{"event_id": f"e{i}", "event_type": "transaction", "event_time": T0 + i * 1000,
                "user_id": "u1", "merchant_id": "m1", "amount": 10.0 + i, "currency": "EUR"}
               for i in range(3)]
     labels = [{"event_id": "e1", "user_id": "u1", "merchant_id": "m1", "is_fraud": True,
                "label_time": T0 + 1000},          # at the event's own time: after the event
               {"event_id": "e2", "user_id": "u1", "merchant_id": "m1", "is_fraud": False,
-               "label_time": T0 + 1500}]          # before its event: cannot be learned
+               "label_time": T0 + 1500}]          # before its event: parked, as the worker does
     ev, lab = tmp_path / "ev.jsonl", tmp_path / "lab.jsonl"
     write_jsonl(events, ev)
     write_jsonl(labels, lab)
-    res = run_backtest(BacktestOptions(log=ev, labels=lab, model="logreg"), Settings.load(env={}))
-    assert res.learn_stats["labels"] == {"joined": 1, "not_joined": 1}
-    # ground truth still counts both labels
+    _Recording.instances.clear()
+    bt_scoring = bt._Scoring
+    try:
+        bt._Scoring = _Recording
+        res = run_backtest(BacktestOptions(log=ev, labels=lab, model="logreg"),
+                           Settings.load(env={}))
+    finally:
+        bt._Scoring = bt_scoring
+    # e2's label found no scored event: parked, then learned right after e2 was scored.
+    assert res.learn_stats["labels"] == {"joined": 2, "unknown": 1}
+    assert res.learn_stats["parked"] == 1
+    assert [c[:2] for c in _Recording.instances[0].calls] == [
+        ("score", "e0"), ("score", "e1"), ("learn", "e1"), ("learn", "e2"), ("score", "e2"),
+        ("learn", "e2")]
+    # ground truth counts both labels
     assert res.labels.tolist() == [-1, 1, 0]
 
 
@@ -252,6 +264,8 @@ def test_csv_with_map_scores_like_jsonl(tmp_path):
 class _Capture:
     """Scoring that keeps each event's merged vector."""
 
+    parks_labels = False
+
     def __init__(self):
         self.vectors: dict[str, dict] = {}
 
@@ -263,7 +277,7 @@ class _Capture:
         return 0.0
 
     def learn(self, scorer, label):
-        pass
+        return "ignored"
 
 
 def _user_keys_in_different_partitions(n: int) -> tuple[str, str]:
