@@ -381,7 +381,8 @@ class _Fraud:
 
     def _merchant_in(self, categories: Iterable[str]) -> int:
         pool = [m for c in categories for m in self.merchants.by_category.get(c, ())]
-        return self.rng.choice(pool)
+        # With few merchants a category can be empty: any merchant then stands in for it.
+        return self.rng.choice(pool or range(len(self.merchants.scale)))
 
     def _amount(self, u: int, m: int, factor: float) -> float:
         users = self.users

@@ -1,0 +1,221 @@
+"""The full pipeline's throughput and latency: one ``fraudstream worker`` process on a local broker.
+
+    .venv/bin/python bench/bench_runtime.py [--events 40000] [--rate 500] [--paced 3000]
+
+For each processing guarantee (exactly_once, at_least_once) and each round:
+
+* **throughput**: N events (the simulator's, default features, the default online model) are
+  pre-loaded; a fresh worker (new group, new state) starts and the clock runs from the first
+  committed score to the last (read_committed; start-up excluded): events per second of one worker
+  process, both stages, on this machine. CPU seconds of the worker are reported too (less
+  sensitive to a busy machine).
+* **latency**: with a worker running and caught up, events are published at ``--rate`` per
+  second and each is timed from ``produce`` to its score arriving at a read_committed consumer:
+  p50, p99, p99.9.
+
+Everything binds to 127.0.0.1; the broker and workers are started and stopped by this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stream.consumer import ScoreConsumer  # noqa: E402
+from stream.localkafka import LocalKafka  # noqa: E402
+from stream.publisher import EventPublisher  # noqa: E402
+from stream.settings import Settings  # noqa: E402
+from stream.simulate import SimConfig, simulate  # noqa: E402
+from stream.topics import ensure_topics  # noqa: E402
+
+
+def _free_port() -> int:
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port pair")
+
+
+def _env(s: Settings, guarantee: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
+    for name in ("bootstrap_servers", "group_id", "state_dir", "topic_events", "topic_labels",
+                 "topic_scores", "topic_dead_letter", "topic_training", "topic_models",
+                 "partitions"):
+        env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(s, name))
+    env["FRAUDSTREAM_PROCESSING_GUARANTEE"] = guarantee
+    env["FRAUDSTREAM_METRICS_PORT"] = "0"
+    env["FRAUDSTREAM_LOG_LEVEL"] = "WARNING"
+    return env
+
+
+def _start_worker(s: Settings, guarantee: str, log: Path) -> subprocess.Popen:
+    with log.open("ab") as fh:
+        return subprocess.Popen([sys.executable, "-m", "stream", "worker", "--instance-id",
+                                 "bench"], env=_env(s, guarantee), stdout=fh,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def throughput(base: Settings, events: list[dict], guarantee: str, tag: str,
+               work: Path) -> dict:
+    s = base.replace(group_id=f"bench-{tag}", topic_scores=f"bench-{tag}.scores",
+                     state_dir=str(work / f"state-{tag}"))
+    ensure_topics(s)
+    consumer = ScoreConsumer(s, from_beginning=True)
+    worker = _start_worker(s, guarantee, work / f"worker-{tag}.log")
+    try:
+        first = last = None
+        seen = 0
+        cpu_start = None
+        deadline = time.monotonic() + 1800
+        while seen < len(events):
+            if time.monotonic() > deadline or worker.poll() is not None:
+                raise RuntimeError(f"{tag}: {seen} of {len(events)} scored "
+                                   f"(worker exit {worker.poll()})")
+            rec = consumer.poll(0.5)
+            if rec is None:
+                continue
+            now = time.monotonic()
+            if first is None:
+                first, cpu_start = now, _cpu_seconds(worker.pid)
+            seen += 1
+            last = now
+        cpu = _cpu_seconds(worker.pid) - cpu_start
+    finally:
+        consumer.close()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    span = last - first
+    return {"events": seen, "seconds": span, "events_per_s": seen / span,
+            "events_per_cpu_s": seen / cpu if cpu else None}
+
+
+def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: float,
+            work: Path) -> dict:
+    s = base.replace(group_id=f"bench-{tag}", topic_events=f"bench-{tag}.events",
+                     topic_scores=f"bench-{tag}.scores", state_dir=str(work / f"state-{tag}"))
+    ensure_topics(s)
+    worker = _start_worker(s, guarantee, work / f"worker-{tag}.log")
+    consumer = ScoreConsumer(s, from_beginning=True)
+    try:
+        with EventPublisher(s, **{"linger.ms": 0}) as pub:  # warm up: assignment, state, JIT
+            for e in events[:200]:
+                pub.publish(dict(e, event_id=f"warm-{e['event_id']}"))
+        got = 0
+        while got < 200:
+            if consumer.poll(1.0) is not None:
+                got += 1
+        sent: dict[str, float] = {}
+        lat: list[float] = []
+        with EventPublisher(s, **{"linger.ms": 0}) as pub:
+            start = time.monotonic()
+            for i, e in enumerate(events):
+                due = start + i / rate
+                while True:
+                    remaining = due - time.monotonic()
+                    rec = consumer.poll(max(0.0, min(0.002, remaining)))
+                    if rec is not None and rec.score.event_id in sent:
+                        lat.append(time.monotonic() - sent[rec.score.event_id])
+                    if remaining <= 0 and rec is None:
+                        break
+                pub.publish(e)
+                pub.poll(0)
+                sent[e["event_id"]] = time.monotonic()
+        deadline = time.monotonic() + 120
+        while len(lat) < len(events) and time.monotonic() < deadline:
+            rec = consumer.poll(0.2)
+            if rec is not None and rec.score.event_id in sent:
+                lat.append(time.monotonic() - sent[rec.score.event_id])
+    finally:
+        consumer.close()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(60)
+    lat.sort()
+
+    def q(p: float) -> float:
+        return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
+
+    return {"rate": rate, "events": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99),
+            "p999_ms": q(0.999), "max_ms": lat[-1] * 1000}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=40_000)
+    ap.add_argument("--paced", type=int, default=3_000, help="events in each latency run")
+    ap.add_argument("--rate", type=float, default=500.0, help="offered events/s for latency")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--partitions", type=int, default=4)
+    args = ap.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="fraudstream-bench-runtime-"))
+    broker = LocalKafka(work / "kafka", ROOT / ".cache" / "kafka", port=_free_port())
+    status = broker.up()
+    try:
+        base = Settings.load(env={}, overrides={
+            "bootstrap_servers": status.bootstrap, "partitions": args.partitions,
+            "topic_events": "bench.events", "topic_labels": "bench.labels",
+            "topic_dead_letter": "bench.dead-letter", "topic_training": "bench.training",
+            "topic_models": "bench.models"})
+        ensure_topics(base)
+        sim = simulate(SimConfig(events=args.events + args.paced, days=14, seed=3,
+                                 id_prefix="bench"))
+        events = list(sim.iter_events())
+        bulk, paced = events[:args.events], events[args.events:]
+        with EventPublisher(base) as pub:
+            for e in bulk:
+                pub.publish(e)
+        results: dict[str, dict] = {}
+        for guarantee in ("exactly_once", "at_least_once"):
+            runs = [throughput(base, bulk, guarantee, f"{guarantee}-{r}", work)
+                    for r in range(args.rounds)]
+            lat = latency(base, paced, guarantee, f"{guarantee}-lat", args.rate, work)
+            results[guarantee] = {
+                "events_per_s_median": statistics.median(r["events_per_s"] for r in runs),
+                "events_per_cpu_s_median": statistics.median(r["events_per_cpu_s"]
+                                                             for r in runs),
+                "rounds": runs, "latency": lat}
+        load = os.getloadavg()
+    finally:
+        broker.down()
+    print(f"date {time.strftime('%Y-%m-%d')}; python {platform.python_version()}; "
+          f"Apache Kafka {status.version}; {os.cpu_count()} cores; load {load[0]:.1f}; "
+          f"max RSS of this script {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
+    print(f"{args.events:,} events, {args.partitions} partitions, default features and model; "
+          f"latency at {args.rate:.0f} events/s offered, {args.paced:,} events")
+    print("| guarantee | events/s (median) | events per CPU-second | p50 ms | p99 ms | p99.9 ms |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for g, r in results.items():
+        lat = r["latency"]
+        print(f"| {g} | {r['events_per_s_median']:,.0f} | {r['events_per_cpu_s_median']:,.0f} | "
+              f"{lat['p50_ms']:.0f} | {lat['p99_ms']:.0f} | {lat['p999_ms']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
