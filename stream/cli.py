@@ -9,6 +9,7 @@ an invalid setting exits 2.
 from __future__ import annotations
 
 import gzip
+import logging
 import sys
 import time
 from collections.abc import Iterator
@@ -44,7 +45,7 @@ def _settings(ctx: click.Context, **overrides: Any) -> Settings:
 def _setup_logging(settings: Settings) -> None:
     from stream.logs import configure
 
-    configure(settings.log_level)
+    configure(settings.log_level, settings.log_format)
 
 
 class _Group(click.Group):
@@ -306,11 +307,12 @@ def worker(ctx: click.Context, instance_id: str | None, group_id: str | None,
     w = Worker(s, serve_metrics=True)
     w.install_signal_handlers()
     stats = w.run(exit_when_idle=exit_when_idle)
-    click.echo(f"worker {w.instance_id}: consumed {stats.consumed}, scored {stats.scored}, "
-               f"forwarded {stats.forwarded}, labels {stats.labels} "
-               f"({stats.labels_parked} before their event), examples {stats.examples}, "
-               f"dead-lettered {stats.dead_lettered}, commits {stats.commits}, "
-               f"restored {stats.restored_records}, recoveries {stats.recoveries}", err=True)
+    logging.getLogger("stream.worker").info(
+        "worker %s: consumed %d, scored %d, forwarded %d, labels %d (%d before their event), "
+        "examples %d, dead-lettered %d, commits %d, restored %d, recoveries %d", w.instance_id,
+        stats.consumed, stats.scored, stats.forwarded, stats.labels, stats.labels_parked,
+        stats.examples, stats.dead_lettered, stats.commits, stats.restored_records,
+        stats.recoveries)
 
 
 # ---------------------------------------------------------------------- config

@@ -124,6 +124,7 @@ class Settings:
     local_kafka_heap: str = "1g"
 
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json" (one object per line, with record context)
 
     def __repr__(self) -> str:
         # The generated repr would show pass-through ``kafka`` credentials (e.g. sasl.password).
@@ -223,6 +224,8 @@ class Settings:
                               f"({self.review_threshold} > {self.block_threshold})")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format: must be text or json, got {self.log_format!r}")
         topics = [self.topic_events, self.topic_labels, self.topic_scores, self.topic_dead_letter,
                   self.topic_training, self.topic_models]
         if len(set(topics)) != len(topics):

@@ -71,6 +71,7 @@ from stream.topics import ensure_topics, project_topics
 __all__ = ["Worker", "WorkerStats", "decide"]
 
 log = logging.getLogger(__name__)
+_KAFKA_LOG = logging.getLogger("fraudstream.kafka")
 
 # Transactional calls get this timeout; a call still blocked after _WATCHDOG_S is declared stuck.
 _TXN_CALL_S = 30
@@ -173,9 +174,10 @@ class Worker:
         self._delivery_failures = 0
 
         client = f"{settings.client_id}-{self.instance_id}"
-        self._consumer = Consumer(settings.consumer_config(settings.group_id,
-                                                           **{"client.id": client}))
-        self._producer_conf: dict[str, Any] = {"client.id": client}
+        # librdkafka's own log lines go through Python logging (and so the configured format).
+        self._consumer = Consumer(settings.consumer_config(
+            settings.group_id, **{"client.id": client, "logger": _KAFKA_LOG}))
+        self._producer_conf: dict[str, Any] = {"client.id": client, "logger": _KAFKA_LOG}
         if self.exactly_once:
             self._producer_conf["transactional.id"] = f"{settings.group_id}-{self.instance_id}"
             self._producer_conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
@@ -416,7 +418,9 @@ class Worker:
         reasons = self.stats.dead_letter_reasons
         reasons[error.code] = reasons.get(error.code, 0) + 1
         self._child("fraudstream_dead_letters_total", error.code).inc()
-        log.info("dead letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error)
+        log.info("dead letter %s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), error,
+                 extra={"topic": msg.topic(), "partition": msg.partition(),
+                        "offset": msg.offset(), "reason": error.code})
         self._produce(self.settings.topic_dead_letter, msg.key(), msg.value(),
                       headers=dead_letter_headers(msg, error))
 
@@ -659,7 +663,8 @@ class Worker:
         self.stats.restored_records += restored
         self._child("fraudstream_restore_records_total", stage.name).inc(restored)
         log.info("task %s-%d ready: %d changelog records restored from offset %d", stage.name,
-                 partition, restored, start or 0)
+                 partition, restored, start or 0,
+                 extra={"stage": stage.name, "partition": partition, "restored": restored})
         scorer = None
         if stage is self.topology.last:
             s = self.settings

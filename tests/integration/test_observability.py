@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -42,7 +43,7 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
     ensure_topics(s)
     port = _free_port_pair()
     base = f"http://127.0.0.1:{port}"
-    env = process_env(s, FRAUDSTREAM_METRICS_PORT=str(port))
+    env = process_env(s, FRAUDSTREAM_METRICS_PORT=str(port), FRAUDSTREAM_LOG_FORMAT="json")
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "stream", "worker", "--instance-id", "m1"],
@@ -59,7 +60,7 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
                     break
                 time.sleep(0.05)
             assert seen_not_ready and status == 200
-            assert "ready" in log_path.read_text()  # the tasks logged their restore first
+            assert "ready:" in log_path.read_text()  # the tasks logged their restore first
             assert _get(base + "/healthz")[0] == 200
 
             events = generate_events(3000, seed=41, id_prefix="obs")
@@ -105,3 +106,9 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
                 proc.kill()
                 proc.wait()
     assert _get(base + "/healthz")[0] == 0  # the server went away with the process
+    # Structured logs: every line is one JSON object; record-level lines carry their context.
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    assert records and all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
+    dead = [r for r in records if r["msg"].startswith("dead letter")]
+    assert len(dead) == 1 and dead[0]["topic"] == s.topic_events and dead[0]["offset"] >= 0
+    assert any("scored 3000" in r["msg"] for r in records)

@@ -19,8 +19,11 @@ def test_create_is_idempotent_and_applies_configuration(kafka_settings):
 
     admin = AdminClient(s.kafka_client_config())
     md = admin.list_topics(timeout=10)
-    for name in names:
-        assert len(md.topics[name].partitions) == s.partitions
+    for spec in project_topics(s):
+        assert len(md.topics[spec.name].partitions) == spec.partitions
+    # keyed topics follow the configured count; training and models are single-partition logs
+    assert len(md.topics[s.topic_events].partitions) == s.partitions
+    assert len(md.topics[s.topic_training].partitions) == 1
     res = ConfigResource(ResourceType.TOPIC, s.topic_events)
     config = admin.describe_configs([res])[res].result()
     assert config["retention.ms"].value == str(s.events_retention_ms)
