@@ -123,6 +123,11 @@ class Settings:
     local_kafka_cache_dir: str = ".cache/kafka"
     local_kafka_heap: str = "1g"
 
+    # Keyed hashing of identifiers before they reach state, changelogs, scores and logs
+    # (stream/pii.py). Unset: identifiers are kept as they are.
+    pii_hash_key: Secret | None = None
+    pii_fields: str = "user_id,card_id,device_id,ip"
+
     log_level: str = "INFO"
     log_format: str = "text"  # "text" or "json" (one object per line, with record context)
 

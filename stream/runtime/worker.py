@@ -59,6 +59,7 @@ from stream.deadletter import dead_letter_headers
 from stream.events import Score, decode_event, decode_label
 from stream.exceptions import ConfigError, DecodeError, KafkaError
 from stream.observability import HealthServer, WorkerMetrics
+from stream.pii import IdentifierHasher
 from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
 from online_models.scorer import GlobalModel
 from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord
@@ -152,6 +153,10 @@ class Worker:
         self._model_feed: ModelFeed | None = None
         self.model_version = "heuristic-1" if settings.model_name == "heuristic" else None
         self._parks_labels = settings.model_name != "heuristic"
+        self._pii = (IdentifierHasher(settings.pii_hash_key.reveal().encode(),
+                                      [f.strip() for f in settings.pii_fields.split(",")
+                                       if f.strip()])
+                     if settings.pii_hash_key else None)
         self.state_backend = state_backend
         self.state_root = Path(settings.state_dir) / settings.group_id / self.instance_id
         self.stats = WorkerStats()
@@ -332,7 +337,10 @@ class Worker:
             except DecodeError as exc:
                 self._dead_letter(msg, exc)
                 return
-            self._advance(task, event.to_dict(), {}, msg.timestamp()[1])
+            event_dict = event.to_dict()
+            if self._pii is not None:
+                self._pii.apply(event_dict)
+            self._advance(task, event_dict, {}, msg.timestamp()[1])
             return
         record = wire.loads(msg.value())
         if _LABEL in record:
@@ -402,16 +410,19 @@ class Worker:
         except DecodeError as exc:
             self._dead_letter(msg, exc)
             return
-        payload = wire.dumps({_LABEL: label.to_dict()})
+        label_dict = label.to_dict()
+        if self._pii is not None:
+            self._pii.apply(label_dict)
+        payload = wire.dumps({_LABEL: label_dict})
         for stage in self.topology.stages:
             if stage.receives_labels and stage.index > 0:
-                key = getattr(label, stage.key_field, None) or label.merchant_id
+                key = label_dict.get(stage.key_field) or label_dict["merchant_id"]
                 self._produce(stage.input_topic, str(key).encode(), payload)
         if len(self.topology.stages) == 1:
             # A one-stage topology has no repartition topic: labels apply directly.
             task = self._tasks.get((0, msg.partition()))
             if task is not None:
-                self._apply_label(task, label.to_dict())
+                self._apply_label(task, label_dict)
 
     def _dead_letter(self, msg: Message, error: DecodeError) -> None:
         self.stats.dead_lettered += 1

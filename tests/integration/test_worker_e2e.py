@@ -144,3 +144,28 @@ def test_restarted_worker_does_not_rescore_committed_events(kafka_settings):
     scores = read_topic(s, s.topic_scores, expected=len(first) + len(second))
     ids = [decode_score(m.value()).event_id for m in scores]
     assert len(ids) == len(set(ids)) == len(first) + len(second)
+
+
+def test_identifiers_are_hashed_before_state_changelogs_and_scores(kafka_settings):
+    from stream.pii import IdentifierHasher
+    from stream.settings import Secret
+
+    s = kafka_settings.replace(pii_hash_key=Secret("test-key"))
+    ensure_topics(s)
+    events = generate_events(150, seed=12, id_prefix="pii")
+    with EventPublisher(s) as pub:
+        for e in events:
+            pub.publish(e)
+    assert Worker(s, instance_id="pii").run(exit_when_idle=4).scored == len(events)
+    hasher = IdentifierHasher(b"test-key")
+    by_id = {e["event_id"]: e for e in events}
+    for m in read_topic(s, s.topic_scores, expected=len(events), idle=1):
+        sc = decode_score(m.value())
+        assert sc.user_id == hasher.hash(by_id[sc.event_id]["user_id"])
+        assert m.key() == sc.user_id.encode()
+    raw_users = {e["user_id"].encode() for e in events}
+    changelog = read_topic(s, f"{s.group_id}.user.changelog", timeout=10, idle=1)
+    assert changelog, "the user stage wrote no state"
+    for m in changelog:
+        blob = (m.key() or b"") + (m.value() or b"")
+        assert not any(u in blob for u in raw_users), "a raw user id reached the changelog"
