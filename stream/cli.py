@@ -299,11 +299,6 @@ def worker(ctx: click.Context, instance_id: str | None, group_id: str | None,
                   processing_guarantee=processing_guarantee, features_file=features_file,
                   metrics_port=metrics_port)
     _setup_logging(s)
-    import faulthandler
-    import signal as _signal
-
-    # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a worker waits.
-    faulthandler.register(_signal.SIGUSR1, all_threads=True)
     w = Worker(s, serve_metrics=True)
     w.install_signal_handlers()
     stats = w.run(exit_when_idle=exit_when_idle)

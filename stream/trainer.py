@@ -49,8 +49,6 @@ the promoted global model and learns the examples it had not published yet onto 
 from __future__ import annotations
 
 import logging
-import os
-import signal
 import socket
 import time
 from dataclasses import dataclass, field
@@ -67,6 +65,7 @@ from online_models.scorer import GlobalModel
 from stream import wire
 from stream.deadletter import dead_letter_headers
 from stream.exceptions import DecodeError, KafkaError, RawRecord
+from stream.lifecycle import GracefulStop
 from stream.modelstore import (ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord,
                                publish_model, snapshot_producer_config)
 from stream.observability import HealthServer, WorkerMetrics
@@ -234,8 +233,7 @@ class Trainer:
         self._client = client
         self._consumer = Consumer(settings.consumer_config(self.group, **{"client.id": client}))
         self._tp = TopicPartition(settings.topic_training, _PARTITION)
-        self._stop = False
-        self._signals = 0
+        self._stopper = GracefulStop("publishing what is pending")
         self._activate_pending = False
         self.active = False
         self._producer: Producer | None = None
@@ -254,17 +252,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: Any) -> None:
-        """First call: publish what is pending, commit, exit. Second call: exit at once."""
-        self._signals += 1
-        if self._signals > 1:
-            log.warning("second stop signal: exiting without publishing")
-            os._exit(130)
-        log.info("stop requested: publishing what is pending")
-        self._stop = True
+        """First call: stop cleanly (see :mod:`stream.lifecycle`). Second call: exit at once."""
+        self._stopper.request()
+
+    @property
+    def _stop(self) -> bool:
+        return self._stopper.requested
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        """SIGTERM/SIGINT stop cleanly; SIGUSR1 prints the stacks."""
+        self._stopper.install()
 
     def run(self, exit_when_idle: float | None = None) -> TrainerStats:
         if self._serve_metrics:

@@ -37,10 +37,6 @@ def trainer(ctx: click.Context, instance_id: str | None, trainer_publish_every: 
                   trainer_publish_interval_s=trainer_publish_interval_s,
                   metrics_port=metrics_port)
     _setup_logging(s)
-    import faulthandler
-    import signal
-
-    faulthandler.register(signal.SIGUSR1, all_threads=True)
     t = Trainer(s, serve_metrics=serve_metrics)
     t.install_signal_handlers()
     stats = t.run(exit_when_idle=exit_when_idle)

@@ -37,9 +37,7 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import shutil
-import signal
 import socket
 import threading
 import time
@@ -54,15 +52,16 @@ from confluent_kafka import KafkaError as _RdKafkaError
 from features.default import default_feature_set
 from features.definitions import FeatureSet
 from features.engine import FeatureEngine
+from online_models.scorer import GlobalModel
 from stream import wire
 from stream.deadletter import dead_letter_headers
 from stream.events import Score, decode_event, decode_label
 from stream.exceptions import ConfigError, DecodeError, KafkaError
+from stream.lifecycle import GracefulStop
+from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord
 from stream.observability import HealthServer, WorkerMetrics
 from stream.pii import IdentifierHasher
 from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
-from online_models.scorer import GlobalModel
-from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord
 from stream.runtime.scoring import ModelScorer, Scorer, make_scorer
 from stream.runtime.topology import Stage, Topology
 from stream.settings import Settings
@@ -170,8 +169,7 @@ class Worker:
         self._tasks: dict[tuple[int, int], Task] = {}
         self._to_restore: dict[tuple[int, int], TopicPartition] = {}
         self._offsets: dict[tuple[str, int], int] = {}
-        self._stop = False
-        self._signals = 0
+        self._stopper = GracefulStop("finishing the current batch")
         self._in_txn = False
         self._batch_records = 0
         self._batch_started = 0.0
@@ -190,17 +188,16 @@ class Worker:
 
     # ------------------------------------------------------------------ lifecycle
     def request_stop(self, *_: Any) -> None:
-        """First call: finish the batch, commit, close. Second call: exit at once."""
-        self._signals += 1
-        if self._signals > 1:
-            log.warning("second stop signal: exiting without committing")
-            os._exit(130)
-        log.info("stop requested: finishing the current batch")
-        self._stop = True
+        """First call: stop cleanly (see :mod:`stream.lifecycle`). Second call: exit at once."""
+        self._stopper.request()
+
+    @property
+    def _stop(self) -> bool:
+        return self._stopper.requested
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        """SIGTERM/SIGINT stop cleanly; SIGUSR1 prints the stacks."""
+        self._stopper.install()
 
     def ensure_topics(self) -> None:
         """Create (or check) the project's and the topology's internal topics."""
