@@ -339,6 +339,9 @@ def _print_summary(summary: dict[str, Any], echo: Callable[[str], None], total: 
     echo(f"  quality (streamed)    ROC AUC {fmt(summary['auc'])}, AP {fmt(summary['ap'])}, "
          f"precision@1% {fmt(budget.get('precision'))}, recall@1% {fmt(budget.get('recall'))} "
          f"over {summary['labelled']:,} labelled events ({summary['frauds']:,} fraud)")
+    echo("                        (at full replay speed labels reach the worker with almost no "
+         "delay, so this is an upper bound; the report below is the backtest of the same log "
+         "with every label at its true time)")
     echo(f"  trainer               {summary['trainer']}")
     echo(f"  HTML report           {summary['report']}")
     echo(f"  wall time so far      {total:.0f}s")
