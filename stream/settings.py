@@ -107,6 +107,9 @@ class Settings:
     model_name: str = "default"
     # Feature definitions (TOML, see docs/features.md); empty means the default set.
     features_file: str | None = None
+    # How often (wall-clock seconds) each task's store is swept for entities idle beyond their
+    # TTL (event time); a sweep scans the whole partition store. 0 disables it.
+    state_expiry_interval_s: float = 3600.0
     # Prometheus metrics and health endpoints (docs/operations.md). Loopback by default; containers
     # set FRAUDSTREAM_METRICS_HOST=0.0.0.0 so the orchestrator can probe and scrape them.
     metrics_host: str = "127.0.0.1"
@@ -229,6 +232,9 @@ class Settings:
                               f"({self.review_threshold} > {self.block_threshold})")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+        if self.state_expiry_interval_s < 0:
+            raise ConfigError("state_expiry_interval_s: must be >= 0 (0 disables sweeps), got "
+                              f"{self.state_expiry_interval_s}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format: must be text or json, got {self.log_format!r}")
         topics = [self.topic_events, self.topic_labels, self.topic_scores, self.topic_dead_letter,

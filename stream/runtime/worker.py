@@ -52,6 +52,7 @@ from confluent_kafka import KafkaError as _RdKafkaError
 from features.default import default_feature_set
 from features.definitions import FeatureSet
 from features.engine import FeatureEngine
+from online_models.labels import DEFAULT_TTL_MS as SNAPSHOT_TTL_MS
 from online_models.scorer import GlobalModel
 from stream import wire
 from stream.deadletter import dead_letter_headers
@@ -109,6 +110,7 @@ class WorkerStats:
     restored_records: int = 0
     examples: int = 0
     labels_parked: int = 0
+    expired: int = 0
     recoveries: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
@@ -165,6 +167,7 @@ class Worker:
         self._children: dict[tuple, Any] = {}
         self._e2e_pending: list[int] = []
         self._next_lag_check = 0.0
+        self._next_expiry = time.monotonic() + settings.state_expiry_interval_s
         self._by_topic = self.topology.stage_for_topic()
         self._tasks: dict[tuple[int, int], Task] = {}
         self._to_restore: dict[tuple[int, int], TopicPartition] = {}
@@ -262,6 +265,8 @@ class Worker:
                 self._producer.poll(0)
                 if self._commit_due():
                     self.commit()
+                    if self._expiry_due():
+                        self._expire_state()
                 if time.monotonic() >= self._next_lag_check:
                     self._record_lag()
                 if self._model_feed is not None:
@@ -461,6 +466,30 @@ class Worker:
         return (self._batch_records >= self.settings.commit_every_records
                 or (time.monotonic() - self._batch_started) * 1000
                 >= self.settings.commit_interval_ms)
+
+    def _expiry_due(self) -> bool:
+        interval = self.settings.state_expiry_interval_s
+        return bool(interval) and time.monotonic() >= self._next_expiry
+
+    def _expire_state(self) -> None:
+        """Delete entries idle beyond their TTL (in event time), right after a commit.
+
+        Running just after a commit matters: the deletions become changelog tombstones in the
+        next transaction, and a crash before it leaves no checkpoint, so the store is rebuilt
+        from the changelog as usual. Everything stored starts with its event time; the horizon is
+        the longest TTL that applies (features' TTL plus grace, scored snapshots' TTL).
+        """
+        self._next_expiry = time.monotonic() + self.settings.state_expiry_interval_s
+        for task in self._tasks.values():
+            if task.engine is None or task.engine.watermark < 0:
+                continue
+            fs = task.stage.features
+            horizon = max(fs.ttl_ms + fs.grace_ms, SNAPSHOT_TTL_MS)
+            removed = task.store.expire(task.engine.watermark - horizon)
+            if removed:
+                self.stats.expired += removed
+                log.info("task %s-%d: %d idle entries expired", task.stage.name, task.partition,
+                         removed)
 
     def _emit_example(self, example: dict[str, Any] | None) -> None:
         """A label joined its scored snapshot: send the example to the trainer (same txn)."""

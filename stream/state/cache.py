@@ -127,14 +127,18 @@ class CachedStore:
 
     def flush(self) -> dict[bytes, bytes | None]:
         """Write every dirty object; return all changes since the last flush (for a changelog)."""
+        self._write_dirty()
+        changes = self._changes
+        self._changes = {}
+        return changes
+
+    def _write_dirty(self) -> None:
+        """Write every dirty object to the backend, keeping the changes for the next flush."""
         cache = self._cache
         for key in self._dirty:
             self._pending[key] = self._encode(cache[key])
         self._dirty.clear()
         self._write_pending()
-        changes = self._changes
-        self._changes = {}
-        return changes
 
     def drop_cache(self) -> None:
         """Flush, then forget every cached object (reads go to the backend again)."""
@@ -146,9 +150,10 @@ class CachedStore:
         """Delete entries whose event time is older than ``before_ms``; return how many.
 
         Scans the whole backend: run it from the worker's maintenance step, never inside a
-        rebalance callback.
+        rebalance callback. The deletions (and anything written before) are among the changes
+        the next :meth:`flush` returns, so they reach the changelog.
         """
-        self.flush()
+        self._write_dirty()
         dead = [key for key, raw in self.backend.items() if entry_time(raw) < before_ms]
         for key in dead:
             self.delete(key)

@@ -169,3 +169,29 @@ def test_identifiers_are_hashed_before_state_changelogs_and_scores(kafka_setting
     for m in changelog:
         blob = (m.key() or b"") + (m.value() or b"")
         assert not any(u in blob for u in raw_users), "a raw user id reached the changelog"
+
+
+def test_idle_entities_expire_and_their_changelog_records_are_tombstoned(kafka_settings):
+    s = kafka_settings.replace(partitions=1, state_expiry_interval_s=0.001,
+                               model_name="heuristic")
+    ensure_topics(s)
+    old = generate_events(30, seed=14, id_prefix="old", start_ms=1_700_000_000_000)
+    # 200 days later (the default TTL is 90 days): other users only, so the old ones go idle.
+    new = [dict(e, user_id=f"later-{e['user_id']}") for e in
+           generate_events(30, seed=15, id_prefix="new", start_ms=1_717_280_000_000)]
+    with EventPublisher(s) as pub:
+        for e in old:
+            pub.publish(e)
+    Worker(s, instance_id="ttl").run(exit_when_idle=3)
+    with EventPublisher(s) as pub:
+        for e in new:
+            pub.publish(e)
+    stats = Worker(s, instance_id="ttl").run(exit_when_idle=3)
+    assert stats.expired > 0
+    latest: dict[bytes, bytes | None] = {}
+    for m in read_topic(s, f"{s.group_id}.user.changelog", timeout=10, idle=1):
+        latest[m.key()] = m.value()
+    old_users = {e["user_id"].encode() for e in old}
+    old_keys = [k for k in latest if b"later-" not in k and any(u in k for u in old_users)]
+    assert old_keys and all(latest[k] is None for k in old_keys), "old entities not tombstoned"
+    assert any(v is not None for k, v in latest.items() if b"later-" in k)

@@ -130,3 +130,20 @@ def test_closed_error_class_is_recognised():
 def test_unknown_backend_is_rejected():
     with pytest.raises(ValueError):
         open_store("leveldb", "/tmp/x")
+
+
+def test_expire_keeps_unflushed_changes_and_reports_its_deletions(tmp_path):
+    from features.store import encode
+    from stream.state import open_store
+
+    store = open_store("rocksdb", tmp_path / "db")
+    store.put(b"old", [1_000, "a"])
+    store.put(b"new", [9_000, "b"])
+    assert set(store.flush()) == {b"old", b"new"}
+    store.put(b"new", [9_500, "c"])            # dirty, not yet flushed
+    assert store.expire(before_ms=5_000) == 1  # "old" is idle beyond the horizon
+    changes = store.flush()                    # the changelog still gets both
+    assert changes[b"old"] is None
+    assert changes[b"new"] == encode([9_500, "c"])
+    assert store.get(b"old") is None and store.get(b"new") == [9_500, "c"]
+    store.close()
