@@ -7,10 +7,11 @@ broker) and :mod:`stream.backtest_report` (metrics files, plots, HTML). See ``do
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
+
+from stream.progress import ProgressBar, event_time_label
 
 __all__ = ["backtest"]
 
@@ -143,35 +144,11 @@ def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str
     click.echo(f"report: {paths['html']} (plots and report.json in {out_dir})")
 
 
-class _Bar:
-    """A rich progress bar on stderr (rate, ETA, current event time), or nothing."""
+class _Bar(ProgressBar):
+    """The backtest's bar: scored items out of the timeline, at which event time."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress = None
-        self._task = None
+        super().__init__(enabled, "backtest")
 
-    def __enter__(self) -> "_Bar":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self._progress = Progress(
-                TextColumn("[bold]backtest"), BarColumn(), MofNCompleteColumn(),
-                TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
-                TextColumn("{task.fields[at]}"), console=Console(stderr=True),
-                refresh_per_second=5)
-            self._progress.__enter__()
-            self._task = self._progress.add_task("backtest", total=None, at="loading")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
-
-    def update(self, done: int, total: int, event_time: int) -> None:
-        if self._progress is None:
-            return
-        at = datetime.fromtimestamp(event_time / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M")
-        self._progress.update(self._task, total=total, completed=done, at=at)
+    def update(self, done: int, total: int, event_time: int) -> None:  # type: ignore[override]
+        super().update(done, total, at=event_time_label(event_time))

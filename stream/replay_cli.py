@@ -7,18 +7,13 @@ with rate and ETA, and prints the summary. See ``docs/replay.md``.
 from __future__ import annotations
 
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import click
 
+from stream.progress import ProgressBar, event_time_label
+
 __all__ = ["replay"]
-
-
-def _fmt_time(ms: int | None) -> str:
-    if ms is None:
-        return ""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
 
 
 @click.command("replay")
@@ -140,42 +135,16 @@ def replay(ctx: click.Context, log: Path, labels: Path | None, speed: str, from_
         ctx.exit(1)
 
 
-class _Bar:
-    """A rich progress bar on stderr (rate, ETA, current event time), or nothing."""
+class _Bar(ProgressBar):
+    """Replay's bar: lines read while loading, then items sent, rate and event time."""
 
     def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self._progress = None
-        self._task = None
-
-    def __enter__(self) -> "_Bar":
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
-
-            self._progress = Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.fields[rate]:>10}"), TimeElapsedColumn(), TextColumn("ETA"),
-                TimeRemainingColumn(), TextColumn("{task.fields[at]}"),
-                console=Console(stderr=True), refresh_per_second=5)
-            self._progress.__enter__()
-            self._task = self._progress.add_task("reading", total=None, rate="", at="")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
+        super().__init__(enabled, "reading")
 
     def loading(self, what: str, lines: int) -> None:
-        if self._progress is not None:
-            self._progress.update(self._task, description=f"reading {what}", completed=lines,
-                                  rate=f"{lines:,} lines")
+        super().update(lines, rate=f"{lines:,} lines", description=f"reading {what}")
 
-    def update(self, p) -> None:
-        if self._progress is None:
-            return
+    def update(self, p) -> None:  # type: ignore[override]
         rate = (p.events_sent + p.labels_sent) / p.elapsed if p.elapsed > 0 else 0.0
-        self._progress.update(self._task, description="replaying", total=p.total,
-                              completed=p.position, rate=f"{rate:,.0f}/s",
-                              at=_fmt_time(p.event_time))
+        super().update(p.position, p.total, rate=f"{rate:,.0f}/s", at=event_time_label(p.event_time),
+                       description="replaying")
