@@ -198,7 +198,7 @@ class _Scoring:
         """The scorer of one last-stage task (``store`` is the task's store)."""
         s = self.settings
         scorer = make_scorer(self.name, store, s.review_threshold, s.block_threshold,
-                             self.global_model)
+                             self.global_model, s.merchant_threshold_map())
         self._scorers.append(scorer)
         return scorer
 

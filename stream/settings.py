@@ -104,6 +104,8 @@ class Settings:
     state_dir: str = ".fraudstream/state"
     review_threshold: float = 0.5
     block_threshold: float = 0.9
+    # Per-merchant overrides: "MERCHANT=REVIEW:BLOCK,..." e.g. "m7=0.3:0.6,m9=0.6:0.95".
+    merchant_thresholds: str = ""
     model_name: str = "default"
     # Feature definitions (TOML, see docs/features.md); empty means the default set.
     features_file: str | None = None
@@ -227,6 +229,7 @@ class Settings:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f"{name}: must be between 0 and 1, got {value}")
+        self.merchant_threshold_map()  # raises ConfigError on a malformed entry
         if self.review_threshold > self.block_threshold:
             raise ConfigError("review_threshold: must not exceed block_threshold "
                               f"({self.review_threshold} > {self.block_threshold})")
@@ -242,6 +245,33 @@ class Settings:
         if len(set(topics)) != len(topics):
             raise ConfigError("topic_*: the events, labels, scores, dead-letter, training and models "
                               "topics must all differ")
+
+    def merchant_threshold_map(self) -> dict[str, tuple[float, float]]:
+        """``merchant_thresholds`` parsed: merchant id -> (review, block)."""
+        out: dict[str, tuple[float, float]] = {}
+        for item in (part.strip() for part in self.merchant_thresholds.split(",")):
+            if not item:
+                continue
+            merchant, _, pair = item.partition("=")
+            review, _, block = pair.partition(":")
+            try:
+                r, b = float(review), float(block)
+            except ValueError:
+                raise ConfigError(f"merchant_thresholds: {item!r} is not MERCHANT=REVIEW:BLOCK") \
+                    from None
+            if not merchant.strip() or not 0.0 <= r <= b <= 1.0:
+                raise ConfigError(f"merchant_thresholds: {item!r} needs a merchant and "
+                                  "0 <= review <= block <= 1")
+            out[merchant.strip()] = (r, b)
+        return out
+
+    def thresholds_for(self, merchant_id: str | None) -> tuple[float, float]:
+        """(review, block) for a merchant: its override, else the global thresholds."""
+        if merchant_id is not None and self.merchant_thresholds:
+            found = self.merchant_threshold_map().get(merchant_id)
+            if found is not None:
+                return found
+        return self.review_threshold, self.block_threshold
 
     # ------------------------------------------------------------------ rendering
     def kafka_client_config(self) -> dict[str, Any]:

@@ -62,12 +62,15 @@ class ModelScorer:
     """
 
     def __init__(self, spec: str, store: StateStore, review: float, block: float,
-                 global_model: Any | None = None) -> None:
+                 global_model: Any | None = None,
+                 per_merchant: Mapping[str, tuple[float, float]] | None = None) -> None:
         from online_models.calibration import DecisionPolicy, Thresholds
         from online_models.scorer import Scorer as _Scorer
 
+        policy = DecisionPolicy(Thresholds(review, block),
+                                {m: Thresholds(r, b) for m, (r, b) in (per_merchant or {}).items()})
         self._s = _Scorer.create(spec, kv=store, learn_global=False, write_through=False,
-                                 policy=DecisionPolicy(Thresholds(review, block)))
+                                 policy=policy)
         if global_model is not None:
             self._s.load_global(global_model)
 
@@ -150,8 +153,10 @@ class HeuristicScorer:
 
 
 def make_scorer(model_name: str, store: StateStore, review: float, block: float,
-                global_model: Any | None = None) -> Scorer:
-    """The scorer for one task of the last stage."""
+                global_model: Any | None = None,
+                per_merchant: Mapping[str, tuple[float, float]] | None = None) -> Scorer:
+    """The scorer for one task of the last stage (``per_merchant``: merchant -> (review,
+    block) thresholds that win over the global ones)."""
     if model_name == "heuristic":
-        return HeuristicScorer()
-    return ModelScorer(model_name, store, review, block, global_model)
+        return HeuristicScorer()  # its decisions come from the runtime's thresholds
+    return ModelScorer(model_name, store, review, block, global_model, per_merchant)

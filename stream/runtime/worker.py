@@ -90,11 +90,13 @@ _EVENT, _FEATURES, _LABEL, _APPENDED = "e", "f", "l", "t"
 _PARKED = b"\x00pl/"
 
 
-def decide(score: float, settings: Settings) -> str:
-    """Map a score to a decision with the configured thresholds (inclusive lower bounds)."""
-    if score >= settings.block_threshold:
+def decide(score: float, settings: Settings, merchant_id: str | None = None) -> str:
+    """Map a score to a decision with the configured thresholds (inclusive lower bounds); a
+    merchant's own thresholds (``merchant_thresholds``) win over the global ones."""
+    review, block = settings.thresholds_for(merchant_id)
+    if score >= block:
         return "block"
-    if score >= settings.review_threshold:
+    if score >= review:
         return "review"
     return "approve"
 
@@ -373,7 +375,9 @@ class Worker:
         out = task.scorer.score(merged, event)
         score = Score(event_id=event["event_id"], user_id=event["user_id"],
                       merchant_id=event.get("merchant_id"), event_time=event["event_time"],
-                      score=out.score, decision=out.decision or decide(out.score, self.settings),
+                      score=out.score,
+                      decision=out.decision or decide(out.score, self.settings,
+                                                      event.get("merchant_id")),
                       model_version=out.version, reasons=out.reasons,
                       scored_at=time.time_ns() // 1_000_000)
         self._produce(self.settings.topic_scores, event["user_id"].encode(), score.encode())
@@ -706,7 +710,7 @@ class Worker:
         if stage is self.topology.last:
             s = self.settings
             scorer = make_scorer(s.model_name, store, s.review_threshold, s.block_threshold,
-                                 self._global_model)
+                                 self._global_model, s.merchant_threshold_map())
             if self._challenger is not None and isinstance(scorer, ModelScorer):
                 scorer.load_challenger(self._challenger)
         return Task(stage, partition, store, scorer)

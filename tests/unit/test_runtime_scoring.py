@@ -48,3 +48,30 @@ def test_heuristic_scorer_is_deterministic_and_explains():
     assert [r["feature"] for r in a.reasons][0] == "user_txn_count_1m"
     quieter = HeuristicScorer().score(dict(FEATURES, user_txn_count_1m=0), EVENT)
     assert quieter.score < a.score
+
+
+def test_per_merchant_thresholds_win_over_global_ones():
+    from stream.runtime.worker import decide
+    from stream.settings import Settings
+
+    s = Settings.load(env={}, overrides={"merchant_thresholds": "m7=0.2:0.4, m9=0.6:0.99"})
+    assert s.thresholds_for("m7") == (0.2, 0.4) and s.thresholds_for("other") == (0.5, 0.9)
+    assert [decide(0.3, s, m) for m in ("m7", "m9", "other", None)] == \
+        ["review", "approve", "approve", "approve"]
+    assert decide(0.45, s, "m7") == "block"
+    store = open_store("memory")
+    strict = make_scorer("default", store, 0.5, 0.9, per_merchant={"m1": (0.0, 0.0)})
+    assert strict.score(FEATURES, EVENT).decision == "block"  # every score blocks at m1
+    assert strict.score(FEATURES, dict(EVENT, event_id="e9", merchant_id="m2")).decision \
+        != "block"
+
+
+def test_malformed_merchant_thresholds_are_config_errors():
+    import pytest
+
+    from stream.exceptions import ConfigError
+    from stream.settings import Settings
+
+    for bad in ("m1=0.5", "m1=0.9:0.2", "=0.1:0.2", "m1=a:b"):
+        with pytest.raises(ConfigError, match="merchant_thresholds"):
+            Settings.load(env={}, overrides={"merchant_thresholds": bad})
