@@ -65,6 +65,13 @@ class DictStore:
     def delete(self, key: bytes) -> None:
         self.data.pop(key, None)
 
+    def expire(self, before_ms: int) -> int:
+        """Delete entries whose event time (first element) is older than ``before_ms``."""
+        old = [k for k, v in self.data.items() if v[0] < before_ms]
+        for k in old:
+            del self.data[k]
+        return len(old)
+
     def __len__(self) -> int:
         return len(self.data)
 

@@ -33,7 +33,9 @@ tests and the backtest.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+from features.store import DictStore
 
 __all__ = ["KeyValue", "MemoryKV", "Snapshot", "SnapshotStore", "JoinStats", "Example",
            "DAY_MS", "DEFAULT_TTL_MS", "JOINED", "UNKNOWN", "EXPIRED", "DUPLICATE"]
@@ -55,33 +57,8 @@ class KeyValue(Protocol):
     def delete(self, key: bytes) -> None: ...
 
 
-class MemoryKV:
-    """:class:`KeyValue` over a dict, with expiry by the event time every value starts with."""
-
-    def __init__(self) -> None:
-        self.data: dict[bytes, Any] = {}
-
-    def get(self, key: bytes) -> Any | None:
-        return self.data.get(key)
-
-    def put(self, key: bytes, value: Any, *, cache: bool = True) -> None:
-        self.data[key] = value
-
-    def delete(self, key: bytes) -> None:
-        self.data.pop(key, None)
-
-    def expire_before(self, event_time: int) -> int:
-        """Delete the values whose first element is older than ``event_time``; how many."""
-        old = [k for k, v in self.data.items() if v[0] < event_time]
-        for k in old:
-            del self.data[k]
-        return len(old)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self.data)
+#: :class:`KeyValue` over a dict: the feature engine's in-memory store serves the models too.
+MemoryKV = DictStore
 
 
 @dataclass(slots=True)
