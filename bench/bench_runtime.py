@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stream.consumer import ScoreConsumer  # noqa: E402
+from stream.demo import CHILD_SETTINGS  # noqa: E402
 from stream.localkafka import LocalKafka  # noqa: E402
 from stream.publisher import EventPublisher  # noqa: E402
 from stream.settings import Settings  # noqa: E402
@@ -59,10 +60,7 @@ def _free_port() -> int:
 
 def _env(s: Settings, guarantee: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    for name in ("bootstrap_servers", "group_id", "state_dir", "topic_events", "topic_labels",
-                 "topic_scores", "topic_dead_letter", "topic_training", "topic_models",
-                 "partitions"):
-        env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(s, name))
+    env.update(s.environment(*CHILD_SETTINGS))
     env["FRAUDSTREAM_PROCESSING_GUARANTEE"] = guarantee
     env["FRAUDSTREAM_METRICS_PORT"] = "0"
     env["FRAUDSTREAM_LOG_LEVEL"] = "WARNING"

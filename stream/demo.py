@@ -26,7 +26,12 @@ from typing import Any
 
 from stream.settings import Settings
 
-__all__ = ["generate_events", "run_demo"]
+__all__ = ["generate_events", "run_demo", "CHILD_SETTINGS"]
+
+# The settings a child process (worker, trainer) must share with the demo that starts it.
+CHILD_SETTINGS = ("bootstrap_servers", "group_id", "state_dir", "topic_events", "topic_labels",
+                  "topic_scores", "topic_dead_letter", "topic_training", "topic_models",
+                  "partitions")
 
 _CURRENCIES = ("EUR", "EUR", "EUR", "GBP", "USD")
 _COUNTRIES = ("DE", "FR", "NL", "GB", "ES", "IT")
@@ -156,10 +161,7 @@ def _simulate(work: Path, n_events: int, days: float, seed: int,
 def _start_processes(settings: Settings, work: Path,
                      echo: Callable[[str], None]) -> dict[str, subprocess.Popen]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    for name in ("bootstrap_servers", "group_id", "state_dir", "topic_events", "topic_labels",
-                 "topic_scores", "topic_dead_letter", "topic_training", "topic_models",
-                 "partitions"):
-        env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(settings, name))
+    env.update(settings.environment(*CHILD_SETTINGS))
     env["FRAUDSTREAM_METRICS_PORT"] = "0"
     env["FRAUDSTREAM_TRAINER_PUBLISH_EVERY"] = "2000"
     env["FRAUDSTREAM_TRAINER_PUBLISH_INTERVAL_S"] = "5"

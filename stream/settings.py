@@ -321,6 +321,25 @@ class Settings:
         conf.update(extra)
         return conf
 
+    def environment(self, *names: str) -> dict[str, str]:
+        """``FRAUDSTREAM_*`` variables that give a child process these settings' ``names``.
+
+        Secrets are revealed (the child needs them): pass the result only to a process
+        environment, never to a log.
+
+        >>> Settings(partitions=3, group_id="g").environment("partitions", "group_id")
+        {'FRAUDSTREAM_PARTITIONS': '3', 'FRAUDSTREAM_GROUP_ID': 'g'}
+        """
+        out = {}
+        for name in names:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, Secret):
+                value = value.reveal()
+            out[ENV_PREFIX + name.upper()] = str(value)
+        return out
+
     def redacted(self) -> dict[str, Any]:
         """Every setting as plain data with secrets masked, for ``config show`` and logs."""
         out: dict[str, Any] = {}

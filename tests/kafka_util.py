@@ -42,6 +42,12 @@ def headers_of(msg: Message) -> dict[str, bytes]:
     return {k: v for k, v in (msg.headers() or [])}
 
 
+# What a worker, trainer or CLI subprocess must share with the test that starts it.
+PROCESS_SETTINGS = ("bootstrap_servers", "topic_events", "topic_labels", "topic_scores",
+                    "topic_dead_letter", "topic_training", "topic_models", "partitions",
+                    "group_id", "state_dir")
+
+
 def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     """Environment for a ``fraudstream`` subprocess using ``settings``' broker, topics and group.
 
@@ -51,10 +57,7 @@ def process_env(settings: Settings, **extra: str) -> dict[str, str]:
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRAUDSTREAM_")}
-    for name in ("bootstrap_servers", "topic_events", "topic_labels", "topic_scores",
-                 "topic_dead_letter", "topic_training", "topic_models", "partitions", "group_id",
-                 "state_dir"):
-        env[f"FRAUDSTREAM_{name.upper()}"] = str(getattr(settings, name))
+    env.update(settings.environment(*PROCESS_SETTINGS))
     env["FRAUDSTREAM_METRICS_PORT"] = "0"  # several workers share this host: no fixed port
     env.update(extra)
     return env
