@@ -13,7 +13,7 @@ import os
 import signal
 from typing import Any
 
-__all__ = ["GracefulStop"]
+__all__ = ["GracefulStop", "Stoppable"]
 
 log = logging.getLogger(__name__)
 
@@ -38,3 +38,22 @@ class GracefulStop:
         signal.signal(signal.SIGTERM, self.request)
         signal.signal(signal.SIGINT, self.request)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+
+class Stoppable:
+    """Mixin for a process object with ``self._stopper = GracefulStop(...)``: the signal API and
+    the ``_stop`` flag its loop checks."""
+
+    _stopper: GracefulStop
+
+    def request_stop(self, *_: Any) -> None:
+        """First call: stop cleanly. Second call: exit at once."""
+        self._stopper.request()
+
+    @property
+    def _stop(self) -> bool:
+        return self._stopper.requested
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT stop cleanly; SIGUSR1 prints the stacks."""
+        self._stopper.install()

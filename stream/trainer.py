@@ -65,7 +65,7 @@ from online_models.scorer import GlobalModel
 from stream import wire
 from stream.deadletter import dead_letter_headers
 from stream.exceptions import DecodeError, KafkaError, RawRecord
-from stream.lifecycle import GracefulStop
+from stream.lifecycle import GracefulStop, Stoppable
 from stream.modelstore import (ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord,
                                publish_model, snapshot_producer_config)
 from stream.observability import HealthServer, WorkerMetrics
@@ -217,7 +217,7 @@ class _Lineage:
         return True
 
 
-class Trainer:
+class Trainer(Stoppable):
     """One trainer process; ``run()`` until stopped (see the module docstring)."""
 
     def __init__(self, settings: Settings, instance_id: str | None = None,
@@ -251,18 +251,6 @@ class Trainer:
         self._version_info: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
-    def request_stop(self, *_: Any) -> None:
-        """First call: stop cleanly (see :mod:`stream.lifecycle`). Second call: exit at once."""
-        self._stopper.request()
-
-    @property
-    def _stop(self) -> bool:
-        return self._stopper.requested
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop cleanly; SIGUSR1 prints the stacks."""
-        self._stopper.install()
-
     def run(self, exit_when_idle: float | None = None) -> TrainerStats:
         if self._serve_metrics:
             self._health = HealthServer(self.metrics, self.settings.metrics_host,

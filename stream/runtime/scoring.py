@@ -79,7 +79,8 @@ class ModelScorer:
         return self._s.global_model.version
 
     def score(self, features: Mapping[str, Any], event: Mapping[str, Any]) -> Outcome:
-        rec = self._s.score(dict(features), event.get("merchant_id"), event["event_id"],
+        # No defensive copy: the models build their own vector from ``features``.
+        rec = self._s.score(features, event.get("merchant_id"), event["event_id"],
                             event["event_time"])
         return Outcome(round(rec.score, 6), rec.decision, rec.model_version, rec.reasons)
 

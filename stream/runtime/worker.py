@@ -58,7 +58,7 @@ from stream import wire
 from stream.deadletter import dead_letter_headers
 from stream.events import Score, decode_event, decode_label
 from stream.exceptions import ConfigError, DecodeError, KafkaError
-from stream.lifecycle import GracefulStop
+from stream.lifecycle import GracefulStop, Stoppable
 from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord
 from stream.observability import HealthServer, WorkerMetrics
 from stream.pii import IdentifierHasher
@@ -127,12 +127,15 @@ class Task:
         self.store = store
         self.engine = FeatureEngine(stage.features, store) if stage.features else None
         self.scorer = scorer
+        # Per-record metric children, resolved once (label lookup costs more than the increment).
+        self.consumed_metric: Any = None
+        self.processing_metric: Any = None
 
     def features(self, event: Any) -> dict[str, Any]:
         return self.engine.process(event) if self.engine else {}
 
 
-class Worker:
+class Worker(Stoppable):
     """One worker process. ``run()`` processes until stopped."""
 
     def __init__(self, settings: Settings, instance_id: str | None = None,
@@ -180,6 +183,7 @@ class Worker:
         self._batch_started = 0.0
         self._delivery_error: str | None = None
         self._delivery_failures = 0
+        self._rewind_reason: str | None = None
 
         client = f"{settings.client_id}-{self.instance_id}"
         # librdkafka's own log lines go through Python logging (and so the configured format).
@@ -192,18 +196,6 @@ class Worker:
         self._producer = Producer(settings.producer_config(**self._producer_conf))
 
     # ------------------------------------------------------------------ lifecycle
-    def request_stop(self, *_: Any) -> None:
-        """First call: stop cleanly (see :mod:`stream.lifecycle`). Second call: exit at once."""
-        self._stopper.request()
-
-    @property
-    def _stop(self) -> bool:
-        return self._stopper.requested
-
-    def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT stop cleanly; SIGUSR1 prints the stacks."""
-        self._stopper.install()
-
     def ensure_topics(self) -> None:
         """Create (or check) the project's and the topology's internal topics."""
         ensure_topics(self.settings, project_topics(self.settings)
@@ -249,6 +241,9 @@ class Worker:
                     self._restore_pending()
                     last_activity = time.monotonic()
                 msgs = self._consumer.consume(batch, 0.05)
+                if self._rewind_reason is not None:
+                    self._recover(self._rewind_reason)  # what was just consumed is re-read
+                    continue
                 if msgs:
                     last_activity = time.monotonic()
                     try:
@@ -323,18 +318,17 @@ class Worker:
         if stage is None:  # the labels topic
             self._route_label(msg)
             return
-        started = time.perf_counter()
-        self._child("fraudstream_events_consumed_total", stage.name, partition).inc()
-        try:
-            self._handle_stage(msg, stage, partition)
-        finally:
-            self._child("fraudstream_processing_seconds", stage.name).observe(
-                time.perf_counter() - started)
-
-    def _handle_stage(self, msg: Message, stage: Stage, partition: int) -> None:
         task = self._tasks.get((stage.index, partition))
         if task is None:  # cannot happen while paused-until-restored holds; never drop silently
-            raise KafkaError(f"record from {msg.topic()}[{partition}] without an open task")
+            raise KafkaError(f"record from {topic}[{partition}] without an open task")
+        started = time.perf_counter()
+        task.consumed_metric.inc()
+        try:
+            self._handle_stage(msg, stage, task)
+        finally:
+            task.processing_metric.observe(time.perf_counter() - started)
+
+    def _handle_stage(self, msg: Message, stage: Stage, task: Task) -> None:
         if stage.index == 0:
             try:
                 event = decode_event(msg.value(), self.settings.max_message_bytes)
@@ -358,9 +352,9 @@ class Worker:
                  appended_ms: int) -> None:
         """Compute this stage's features, then forward to the next stage or score."""
         features = task.features(event)
-        if upstream:
-            merged = dict(upstream)
-            merged.update(features)
+        if upstream:  # decoded from the repartition record just now: ours to extend in place
+            upstream.update(features)
+            merged = upstream
         else:
             merged = features
         stages = self.topology.stages
@@ -537,6 +531,9 @@ class Worker:
 
     def commit(self) -> None:
         """Steps 3-5 of the commit protocol (see the module docstring)."""
+        if self._rewind_reason is not None:
+            self._recover(self._rewind_reason)
+            return
         if not self._batch_records and not self._in_txn:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
@@ -667,6 +664,7 @@ class Worker:
         self._batch_records = 0
         self._delivery_error = None
         self._delivery_failures = 0
+        self._rewind_reason = None
         self._e2e_pending.clear()
         self.stats.recoveries += 1
         self._child("fraudstream_recoveries_total",
@@ -713,7 +711,11 @@ class Worker:
                                  self._global_model, s.merchant_threshold_map())
             if self._challenger is not None and isinstance(scorer, ModelScorer):
                 scorer.load_challenger(self._challenger)
-        return Task(stage, partition, store, scorer)
+        task = Task(stage, partition, store, scorer)
+        task.consumed_metric = self._child("fraudstream_events_consumed_total", stage.name,
+                                           partition)
+        task.processing_metric = self._child("fraudstream_processing_seconds", stage.name)
+        return task
 
     def _restore(self, store: CachedStore, topic: str, partition: int, start: int) -> int:
         restorer = Consumer(self.settings.consumer_config(
@@ -834,11 +836,12 @@ class Worker:
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        if self._in_txn:
-            raise KafkaError("partitions lost with a transaction open; the worker stops so a "
-                             "restart restores committed state")
         # Another member owns them now: close without a checkpoint (never trust that state).
         self._drop_tasks(partitions, checkpoint=False)
+        if self._in_txn:
+            # The open transaction holds outputs of partitions that are gone, so it cannot commit:
+            # the main loop rewinds to the last commit (the same recovery as an aborted one).
+            self._rewind_reason = "partitions lost with a transaction open"
         log.warning("lost %s", _describe(partitions))
 
     def _drop_tasks(self, partitions: list[TopicPartition], checkpoint: bool) -> None:
