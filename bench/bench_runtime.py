@@ -67,11 +67,26 @@ def _env(s: Settings, guarantee: str) -> dict[str, str]:
     return env
 
 
+#: Set by --profile: a directory where each worker runs under py-spy and leaves a profile.
+PROFILE_DIR: Path | None = None
+
+
 def _start_worker(s: Settings, guarantee: str, log: Path) -> subprocess.Popen:
     with log.open("ab") as fh:
         return subprocess.Popen([sys.executable, "-m", "stream", "worker", "--instance-id",
                                  "bench"], env=_env(s, guarantee), stdout=fh,
                                 stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def _profile(pid: int, tag: str) -> subprocess.Popen | None:
+    """Sample the worker with py-spy from outside (--nonblocking: the worker is never paused)
+    until SIGINT; collapsed stacks go to PROFILE_DIR/<tag>.txt."""
+    if PROFILE_DIR is None:
+        return None
+    return subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record",
+                             "--nonblocking", "--format", "raw", "--rate", "250", "--pid",
+                             str(pid), "-o", str(PROFILE_DIR / f"{tag}.txt")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -80,11 +95,18 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / ticks
 
 
-def _warm_up(s: Settings, consumer: ScoreConsumer, events: list[dict]) -> None:
-    """Score a few events first: group joined, tasks restored, modules imported."""
-    with EventPublisher(s, **{"linger.ms": 0}) as pub:
+def _warm_up(s: Settings, consumer: ScoreConsumer, events: list[dict],
+             pub: EventPublisher | None = None) -> None:
+    """Score a few events first: group joined, tasks restored, modules imported (and, given
+    ``pub``, the publisher connected with its producer id, as a long-lived service's is)."""
+    if pub is None:
+        with EventPublisher(s, **{"linger.ms": 0}) as own:
+            for e in events[:200]:
+                own.publish(dict(e, event_id=f"warm-{e['event_id']}"))
+    else:
         for e in events[:200]:
             pub.publish(dict(e, event_id=f"warm-{e['event_id']}"))
+        pub.flush()
     got = 0
     while got < 200:
         if consumer.poll(1.0) is not None:
@@ -102,6 +124,7 @@ def throughput(base: Settings, events: list[dict], guarantee: str, tag: str,
     worker = _start_worker(s, guarantee, work / f"worker-{tag}.log")
     try:
         _warm_up(s, consumer, events)
+        spy = _profile(worker.pid, tag)
         t0, cpu0 = time.monotonic(), _cpu_seconds(worker.pid)
         with EventPublisher(s) as pub:
             for e in events:
@@ -115,6 +138,9 @@ def throughput(base: Settings, events: list[dict], guarantee: str, tag: str,
             if consumer.poll(0.5) is not None:
                 seen += 1
         span, cpu = time.monotonic() - t0, _cpu_seconds(worker.pid) - cpu0
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
     finally:
         consumer.close()
         worker.send_signal(signal.SIGTERM)
@@ -131,10 +157,10 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
     worker = _start_worker(s, guarantee, work / f"worker-{tag}.log")
     consumer = ScoreConsumer(s, from_beginning=True)
     try:
-        _warm_up(s, consumer, events)
         sent: dict[str, float] = {}
         lat: list[float] = []
         with EventPublisher(s, **{"linger.ms": 0}) as pub:
+            _warm_up(s, consumer, events, pub)
             start = time.monotonic()
             for i, e in enumerate(events):
                 due = start + i / rate
@@ -173,7 +199,15 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=500.0, help="offered events/s for latency")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--partitions", type=int, default=4)
+    ap.add_argument("--guarantees", default="exactly_once,at_least_once")
+    ap.add_argument("--profile", type=Path, default=None,
+                    help="run each worker under py-spy (pip install py-spy) and write collapsed "
+                         "stacks into this directory")
     args = ap.parse_args()
+    global PROFILE_DIR
+    if args.profile is not None:
+        args.profile.mkdir(parents=True, exist_ok=True)
+        PROFILE_DIR = args.profile.resolve()
 
     work = Path(tempfile.mkdtemp(prefix="fraudstream-bench-runtime-"))
     broker = LocalKafka(work / "kafka", ROOT / ".cache" / "kafka", port=_free_port())
@@ -190,7 +224,7 @@ def main() -> None:
         events = list(sim.iter_events())
         bulk, paced = events[:args.events], events[args.events:]
         results: dict[str, dict] = {}
-        for guarantee in ("exactly_once", "at_least_once"):
+        for guarantee in args.guarantees.split(","):
             runs = [throughput(base, bulk, guarantee, f"{guarantee}-{r}", work)
                     for r in range(args.rounds)]
             lat = latency(base, paced, guarantee, f"{guarantee}-lat", args.rate, work)

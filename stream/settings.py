@@ -98,7 +98,11 @@ class Settings:
     instance_id: str | None = None
     transaction_timeout_ms: int = 10_000
     processing_guarantee: str = "exactly_once"
+    # Outputs become visible when their batch commits: at the latest commit_interval_ms after
+    # the batch's first record, earlier when the input is drained and the batch is at least
+    # commit_min_interval_ms old (docs/runtime.md, "Latency").
     commit_interval_ms: int = 100
+    commit_min_interval_ms: int = 10
     commit_every_records: int = 5000
     poll_batch_size: int = 1000
     state_dir: str = ".fraudstream/state"
@@ -211,6 +215,9 @@ class Settings:
                      "transaction_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.commit_min_interval_ms <= self.commit_interval_ms:
+            raise ConfigError("commit_min_interval_ms: must be between 0 and commit_interval_ms "
+                              f"({self.commit_interval_ms}), got {self.commit_min_interval_ms}")
         if self.trainer_publish_every < 1:
             raise ConfigError("trainer_publish_every: must be at least 1, "
                               f"got {self.trainer_publish_every}")
@@ -304,6 +311,7 @@ class Settings:
             "compression.type": "lz4",
             "message.max.bytes": max(1_000_000, self.max_message_bytes * 2),
         })
+        conf.update(self.kafka)  # the operator's pass-through properties beat our defaults
         conf.update(extra)
         return conf
 
@@ -318,6 +326,7 @@ class Settings:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
         })
+        conf.update(self.kafka)  # the operator's pass-through properties beat our defaults
         conf.update(extra)
         return conf
 

@@ -29,8 +29,13 @@ the worker aborts it, drops every task without a checkpoint, seeks its input bac
 offsets and restores each task from its changelog: the state returns to exactly the last commit and
 processing resumes. Fatal errors (another instance fenced this one) stop the worker.
 
-Under ``at_least_once`` steps 1, 4 and 5 become: flush the producer, then commit the offsets. A
-crash between the two re-processes the batch; feature state may then count those events twice.
+Under ``at_least_once`` there is no transaction and steps 4 and 5 become: commit a batch's input
+offsets once every output it produced (changelog records included) is delivered. The worker does
+not wait for that: each batch is an *epoch* whose outputs carry the epoch's delivery callback,
+and the offsets of the oldest epochs whose outputs are all acknowledged are committed
+asynchronously from the main loop, so delivery round trips never stall processing. Revocation and
+shutdown flush the producer and commit synchronously. A crash re-processes what was not
+committed; feature state may then count those events twice.
 """
 
 from __future__ import annotations
@@ -41,7 +46,9 @@ import shutil
 import socket
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -184,6 +191,13 @@ class Worker(Stoppable):
         self._delivery_error: str | None = None
         self._delivery_failures = 0
         self._rewind_reason: str | None = None
+        # At-least-once epochs (see the module docstring): outputs not yet acknowledged per
+        # epoch, and the input offsets each closed epoch may commit once its count is zero.
+        self._epoch = 0
+        self._undelivered: dict[int, int] = {0: 0}
+        self._closed_epochs: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
+        self._delivery_cb: Callable[..., None] = (self._on_delivery if self.exactly_once
+                                                  else partial(self._on_epoch_delivery, 0))
 
         client = f"{settings.client_id}-{self.instance_id}"
         # librdkafka's own log lines go through Python logging (and so the configured format).
@@ -231,7 +245,12 @@ class Worker(Stoppable):
         batch = self.settings.poll_batch_size
         self.metrics.started = True
         # Feature state is millions of small containers without reference cycles: collect the
-        # youngest generation far less often (the default 700 allocations costs ~10-20 % CPU).
+        # youngest generation far less often (the default 700 allocations costs ~10-20 % CPU),
+        # and after every commit move what survived into the permanent generation (gc.freeze)
+        # so the cycle collector never walks the whole cache: a full collection over a few
+        # million state objects pauses the loop for up to a second, which was the p99 latency.
+        # Objects are still freed by reference counting; cyclic garbage among frozen objects
+        # waits for the full collection that runs with the state-expiry sweep.
         gc_thresholds = gc.get_threshold()
         gc.set_threshold(50_000, *gc_thresholds[1:])
         try:
@@ -240,7 +259,7 @@ class Worker(Stoppable):
                 if self._to_restore:
                     self._restore_pending()
                     last_activity = time.monotonic()
-                msgs = self._consumer.consume(batch, 0.05)
+                msgs = self._next_records(batch)
                 if self._rewind_reason is not None:
                     self._recover(self._rewind_reason)  # what was just consumed is re-read
                     continue
@@ -260,10 +279,15 @@ class Worker(Stoppable):
                     log.info("idle for %.1fs: exiting", exit_when_idle)
                     break
                 self._producer.poll(0)
-                if self._commit_due():
+                if self._closed_epochs:
+                    self._commit_delivered()
+                if self._commit_due(drained=not msgs or len(msgs) < batch):
                     self.commit()
                     if self._expiry_due():
                         self._expire_state()
+                        gc.unfreeze()
+                        gc.collect()
+                    gc.freeze()
                 if time.monotonic() >= self._next_lag_check:
                     self._record_lag()
                 if self._model_feed is not None:
@@ -272,10 +296,11 @@ class Worker(Stoppable):
                         self._apply_models(updates)
                 if max_events is not None and self.stats.scored >= max_events:
                     break
-            self.commit()
+            self.commit(wait=True)
             self._close_tasks(list(self._tasks), checkpoint=True)
         finally:
             gc.set_threshold(*gc_thresholds)
+            gc.unfreeze()
             self._shutdown_clients()
             if self._model_feed is not None:
                 self._model_feed.close()
@@ -438,7 +463,9 @@ class Worker(Stoppable):
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
                  partition: int | None = None, headers: list | None = None) -> None:
         # Record timestamps stay the produce time; event time is in the payload (see publisher).
-        kwargs: dict[str, Any] = {"on_delivery": self._on_delivery}
+        kwargs: dict[str, Any] = {"on_delivery": self._delivery_cb}
+        if not self.exactly_once:
+            self._undelivered[self._epoch] += 1
         if partition is not None:
             kwargs["partition"] = partition
         if headers:
@@ -450,6 +477,11 @@ class Worker(Stoppable):
             except BufferError:
                 self._producer.poll(0.05)  # wait for room; never drop an output
 
+    def _on_epoch_delivery(self, epoch: int, err: _RdKafkaError | None, msg: Message) -> None:
+        self._undelivered[epoch] -= 1
+        if err is not None:
+            self._on_delivery(err, msg)
+
     def _on_delivery(self, err: _RdKafkaError | None, msg: Message) -> None:
         if err is not None:
             # Counted and logged once per commit: a broker outage fails thousands at once.
@@ -457,13 +489,41 @@ class Worker(Stoppable):
             if self._delivery_error is None:
                 self._delivery_error = f"{msg.topic()}: {err.str()}"
 
+    def _next_records(self, batch: int) -> list[Message]:
+        """Up to ``batch`` records, waiting only while none has arrived.
+
+        ``Consumer.consume(n, timeout)`` blocks until it has ``n`` records or the timeout
+        passes, which would add the whole timeout to every record's latency whenever fewer than
+        ``n`` are coming. So: take what is already fetched; if nothing is, wait for one record
+        (no longer than until the open batch is due to commit), then take what came with it.
+        """
+        msgs = self._consumer.consume(batch, 0)
+        if msgs:
+            return msgs
+        wait = 0.05
+        if self._batch_records:
+            age_ms = (time.monotonic() - self._batch_started) * 1000
+            wait = max(0.0, min(wait, (self.settings.commit_interval_ms - age_ms) / 1000))
+        msgs = self._consumer.consume(1, wait)
+        if msgs and batch > 1:
+            msgs.extend(self._consumer.consume(batch - 1, 0))
+        return msgs
+
     # ------------------------------------------------------------------ committing
-    def _commit_due(self) -> bool:
+    def _commit_due(self, drained: bool = False) -> bool:
+        """Whether to commit now: the batch is ``commit_interval_ms`` old or holds
+        ``commit_every_records`` records, or (exactly-once only) the input is drained and the
+        batch is at least ``commit_min_interval_ms`` old: a transaction's outputs are invisible
+        until it commits, so an idle or lightly loaded worker commits at once rather than after
+        the full interval, while a busy one batches. At-least-once outputs are visible when
+        delivered; committing early there would only cost round trips."""
         if not self._batch_records:
             return False
+        age_ms = (time.monotonic() - self._batch_started) * 1000
         return (self._batch_records >= self.settings.commit_every_records
-                or (time.monotonic() - self._batch_started) * 1000
-                >= self.settings.commit_interval_ms)
+                or age_ms >= self.settings.commit_interval_ms
+                or (drained and self.exactly_once
+                    and age_ms >= self.settings.commit_min_interval_ms))
 
     def _expiry_due(self) -> bool:
         interval = self.settings.state_expiry_interval_s
@@ -529,12 +589,18 @@ class Worker(Stoppable):
             for key, value in changes.items():
                 self._produce(topic, key, value, partition=partition)
 
-    def commit(self) -> None:
-        """Steps 3-5 of the commit protocol (see the module docstring)."""
+    def commit(self, wait: bool = False) -> None:
+        """Steps 3-5 of the commit protocol (see the module docstring).
+
+        Under at-least-once the batch's offsets are committed once its outputs are delivered,
+        later (from the main loop) unless ``wait``: then everything is flushed and committed now.
+        """
         if self._rewind_reason is not None:
             self._recover(self._rewind_reason)
             return
         if not self._batch_records and not self._in_txn:
+            if wait and self._closed_epochs:
+                self._drain_epochs()
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         commit_started = time.perf_counter()
@@ -567,11 +633,9 @@ class Worker(Stoppable):
             self._in_txn = False
         else:
             self._flush_changelogs()
-            if self._producer.flush(60) or self._delivery_error:
-                raise KafkaError(f"outputs not all delivered ({self._delivery_error}); "
-                                 "offsets not committed")
-            if offsets:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._close_epoch()
+            if wait:
+                self._drain_epochs()
         self.stats.commits += 1
         self._offsets.clear()
         self._batch_records = 0
@@ -584,6 +648,37 @@ class Worker(Stoppable):
             for appended in self._e2e_pending:
                 e2e.observe(max(0.0, now_ms - appended) / 1000)
             self._e2e_pending.clear()
+
+    def _close_epoch(self) -> None:
+        """At-least-once: the current batch's offsets wait for its outputs; a new epoch opens."""
+        self._closed_epochs.append((self._epoch, dict(self._offsets)))
+        self._epoch += 1
+        self._undelivered[self._epoch] = 0
+        self._delivery_cb = partial(self._on_epoch_delivery, self._epoch)
+
+    def _drain_epochs(self) -> None:
+        """At-least-once: wait for every output, then commit all closed epochs' offsets now."""
+        if self._producer.flush(60):
+            raise KafkaError(f"outputs not all delivered within 60s ({len(self._producer)} "
+                             "waiting); their input offsets are not committed")
+        self._commit_delivered(asynchronous=False)
+
+    def _commit_delivered(self, asynchronous: bool = True) -> None:
+        """At-least-once: commit the offsets of the oldest closed epochs whose outputs are all
+        acknowledged (in order: an epoch waits for every earlier one)."""
+        if self._delivery_error:
+            raise KafkaError(f"outputs not delivered ({self._delivery_failures}, first: "
+                             f"{self._delivery_error}); their input offsets are not committed, "
+                             "so a restart processes those records again")
+        ready: dict[tuple[str, int], int] = {}
+        epochs = self._closed_epochs
+        while epochs and self._undelivered[epochs[0][0]] == 0:
+            epoch, offsets = epochs.popleft()
+            del self._undelivered[epoch]
+            ready.update(offsets)
+        if ready:
+            self._consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in ready.items()],
+                                  asynchronous=asynchronous)
 
     def _init_transactions(self) -> None:
         try:
@@ -831,13 +926,20 @@ class Worker(Stoppable):
         log.info("assigned %s", _describe(partitions))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.commit()
+        self.commit(wait=True)
         self._drop_tasks(partitions, checkpoint=True)
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Another member owns them now: close without a checkpoint (never trust that state).
+        # Another member owns them now: close without a checkpoint (never trust that state),
+        # and never commit offsets for them later (that could move the new owner's back).
         self._drop_tasks(partitions, checkpoint=False)
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        for _, offsets in self._closed_epochs:
+            for key in gone & offsets.keys():
+                del offsets[key]
+        for key in gone & self._offsets.keys():
+            del self._offsets[key]
         if self._in_txn:
             # The open transaction holds outputs of partitions that are gone, so it cannot commit:
             # the main loop rewinds to the last commit (the same recovery as an aborted one).

@@ -146,6 +146,21 @@ def test_producer_and_consumer_config() -> None:
     assert s.consumer_config("other")["group.id"] == "other"
 
 
+def test_pass_through_properties_beat_producer_and_consumer_defaults() -> None:
+    s = Settings.load(env={"FRAUDSTREAM_KAFKA__COMPRESSION_TYPE": "zstd",
+                           "FRAUDSTREAM_KAFKA__FETCH_WAIT_MAX_MS": "20"})
+    assert s.producer_config()["compression.type"] == "zstd"
+    assert s.consumer_config()["fetch.wait.max.ms"] == "20"
+    assert s.producer_config(**{"compression.type": "none"})["compression.type"] == "none"
+
+
+def test_commit_min_interval_is_bounded_by_the_interval() -> None:
+    assert Settings.load(env={"FRAUDSTREAM_COMMIT_MIN_INTERVAL_MS": "0"}).commit_min_interval_ms == 0
+    with pytest.raises(ConfigError, match="commit_min_interval_ms"):
+        Settings.load(env={"FRAUDSTREAM_COMMIT_INTERVAL_MS": "50",
+                           "FRAUDSTREAM_COMMIT_MIN_INTERVAL_MS": "60"})
+
+
 # ---------------------------------------------------------------------- secrets
 def test_secret_never_shows_its_value() -> None:
     secret = Secret("hunter2")
