@@ -15,9 +15,11 @@ with Kafka ACLs (see docs/security.md), as anyone who can write it can run code 
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka import KafkaError as _RdKafkaError
@@ -121,12 +123,15 @@ class ModelFeed:
     """Follows the models topic: :meth:`catch_up` reads to the end at start, :meth:`poll` returns
     records published since, without blocking. The latest record per key wins."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, logger: logging.Logger | None = None) -> None:
         self.settings = settings
+        extra: dict[str, Any] = {"enable.partition.eof": True,
+                                 "fetch.max.bytes": SNAPSHOT_MAX_BYTES,
+                                 "max.partition.fetch.bytes": SNAPSHOT_MAX_BYTES}
+        if logger is not None:  # librdkafka's own log lines (default: stderr)
+            extra["logger"] = logger
         self._consumer = Consumer(settings.consumer_config(
-            f"{settings.group_id}-models-{uuid.uuid4().hex[:8]}",
-            **{"enable.partition.eof": True, "fetch.max.bytes": SNAPSHOT_MAX_BYTES,
-               "max.partition.fetch.bytes": SNAPSHOT_MAX_BYTES}))
+            f"{settings.group_id}-models-{uuid.uuid4().hex[:8]}", **extra))
         self._consumer.assign([TopicPartition(settings.topic_models, 0, 0)])
         self.latest: dict[str, ModelRecord] = {}
 

@@ -8,6 +8,7 @@ topic breaks keyed state.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -68,10 +69,14 @@ def project_topics(settings: Settings) -> list[TopicSpec]:
 
 
 def ensure_topics(settings: Settings, specs: list[TopicSpec] | None = None,
-                  timeout: float = 30.0) -> TopicReport:
-    """Create missing topics, verify existing ones; idempotent."""
+                  timeout: float = 30.0, logger: logging.Logger | None = None) -> TopicReport:
+    """Create missing topics, verify existing ones; idempotent. ``logger`` receives librdkafka's
+    own log lines (default: librdkafka writes them to stderr)."""
     specs = project_topics(settings) if specs is None else specs
-    admin = AdminClient(settings.kafka_client_config())
+    conf = settings.kafka_client_config()
+    if logger is not None:
+        conf["logger"] = logger
+    admin = AdminClient(conf)
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException as exc:

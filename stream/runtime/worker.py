@@ -213,7 +213,7 @@ class Worker(Stoppable):
     def ensure_topics(self) -> None:
         """Create (or check) the project's and the topology's internal topics."""
         ensure_topics(self.settings, project_topics(self.settings)
-                      + self.topology.internal_topics())
+                      + self.topology.internal_topics(), logger=_KAFKA_LOG)
 
     def run(self, exit_when_idle: float | None = None,
             max_events: int | None = None) -> WorkerStats:
@@ -231,7 +231,7 @@ class Worker(Stoppable):
             self.metrics["fraudstream_model_version_info"].labels(
                 model="global", version="heuristic-1").info({})
         else:
-            self._model_feed = ModelFeed(self.settings)
+            self._model_feed = ModelFeed(self.settings, logger=_KAFKA_LOG)
             self._apply_models(list(self._model_feed.catch_up().values()))
         if self.exactly_once:
             self._init_transactions()
@@ -815,7 +815,8 @@ class Worker(Stoppable):
     def _restore(self, store: CachedStore, topic: str, partition: int, start: int) -> int:
         restorer = Consumer(self.settings.consumer_config(
             f"{self.settings.group_id}-restore",
-            **{"enable.partition.eof": True, "client.id": f"{self.settings.client_id}-restore"}))
+            **{"enable.partition.eof": True, "client.id": f"{self.settings.client_id}-restore",
+               "logger": _KAFKA_LOG}))
         count = 0
         try:
             low, high = restorer.get_watermark_offsets(TopicPartition(topic, partition),
