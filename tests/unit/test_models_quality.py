@@ -11,8 +11,8 @@ from hypothesis import given, settings, strategies as st
 from online_models.calibration import DecisionPolicy, PlattCalibrator, Thresholds
 from online_models.exceptions import ModelConfigError
 from online_models.merchant import BlendRule
-from online_models.metrics import (QualityMonitor, average_precision,
-                                   precision_recall_at_budget, roc_auc)
+from online_models.metrics import (QualityMonitor, average_precision, pooled_quality,
+                                   precision_recall_at_budget, ranking_metrics, roc_auc)
 
 
 def test_auc_ap_by_hand():
@@ -71,6 +71,79 @@ def test_monitor_reports_and_detects_drift():
     assert rep["models"]["final"]["roc_auc"] < 0.1      # the last 1000 are all inverted
     assert rep["label_delay"]["mean_ms"] == 10
     assert rep["merchants"]["m1"]["n"] == 3000
+
+
+def _same(got, want):
+    assert (got is None) == (want is None), (got, want)
+    if want is not None:
+        assert got == pytest.approx(want, rel=1e-12, abs=1e-12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0.0, 0.1, 0.5, 0.5000001, 0.9, 1.0]), st.booleans()),
+                max_size=60),
+       st.sampled_from([0.01, 0.05, 0.3, 1.0]))
+def test_ranking_metrics_match_the_pure_definitions(pairs, budget):
+    # Few distinct scores: most pairs are tied, which is where the definitions can disagree.
+    s = [p for p, _ in pairs]
+    y = [b for _, b in pairs]
+    got = ranking_metrics(s, y, budget)
+    assert (got["window"], got["n_pos"]) == (len(s), sum(y))
+    _same(got["roc_auc"], roc_auc(s, y))
+    _same(got["average_precision"], average_precision(s, y))
+    precision, recall = precision_recall_at_budget(s, y, budget)
+    _same(got["precision_at_budget"], precision)
+    _same(got["recall_at_budget"], recall)
+
+
+def test_pooled_quality_is_the_union_of_the_windows():
+    rng = random.Random(7)
+    monitors = [QualityMonitor(budget=0.05, window=300) for _ in range(3)]
+    everything: dict[str, tuple[list, list]] = {}
+    for i, mon in enumerate(monitors):
+        for j in range(200 + 150 * i):  # the last monitor overflows its window
+            y = rng.random() < 0.15
+            score = min(1.0, max(0.0, rng.gauss(0.6 if y else 0.3, 0.2)))
+            models = ("final", "global") if i < 2 else ("final", "global", "challenger")
+            for name in models:
+                mon.update_model(name, score, y, event_time=j, label_time=j + 1)
+            mon.delay.update(1000 * (i + 1))
+            if j >= 200 + 150 * i - 300:  # what the window still holds
+                for name in models:
+                    s, ys = everything.setdefault(name, ([], []))
+                    s.append(score)
+                    ys.append(y)
+    q = pooled_quality(monitors, budget=0.05)
+    assert set(q["models"]) == {"final", "global", "challenger"}
+    for name, (s, ys) in everything.items():
+        got = q["models"][name]
+        assert got["window"] == len(s)
+        _same(got["roc_auc"], roc_auc(s, ys))
+        _same(got["average_precision"], average_precision(s, ys))
+    assert q["models"]["challenger"]["window"] == 300
+    # Delay: weighted by labels seen (200 at 1 s, 350 at 2 s, 500 at 3 s).
+    assert q["labels"] == 1050
+    assert q["label_delay_mean_ms"] == pytest.approx((200 * 1000 + 350 * 2000 + 500 * 3000) / 1050)
+    empty = pooled_quality([QualityMonitor()])
+    assert empty == {"models": {}, "label_delay_mean_ms": None, "labels": 0}
+
+
+def test_drift_counts_follow_the_detectors():
+    mon = QualityMonitor(window=500)
+    assert mon.drift_counts() == {}
+    records = []
+    for i in range(3000):
+        y = i % 5 == 0
+        good = (0.9 if y else 0.05) if i < 1500 else (0.05 if y else 0.9)
+        for name in ("global", "final"):
+            d = mon.update_model(name, good if name == "global" else 0.2, y, event_time=i,
+                                 label_time=i)
+            if d is not None:
+                records.append(d.model)
+    # Still counted long after the detection (river's own counter is not: see drift_counts).
+    counts = mon.drift_counts()
+    assert counts == {"global": records.count("global"), "final": 0}
+    assert counts["global"] >= 1 and counts == mon.report()["drift_detections"]
 
 
 def test_platt_calibration_recovers_a_known_mapping():
