@@ -21,7 +21,7 @@ from dataclasses import dataclass
 __all__ = [
     "Metric", "METRICS", "metric_for_series",
     "METRICS_PATH", "LIVENESS_PATH", "READINESS_PATH", "DEFAULT_METRICS_PORT",
-    "LATENCY_BUCKETS", "COMMIT_BUCKETS",
+    "LATENCY_BUCKETS", "COMMIT_BUCKETS", "RESTORE_PROGRESS_RECORDS",
 ]
 
 # HTTP endpoints served on ``Settings.metrics_host``:``Settings.metrics_port``.
@@ -38,6 +38,9 @@ READINESS_PATH = "/readyz"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0)
 COMMIT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+# A restore publishes its progress gauges after this many records, or a second, whichever is first.
+RESTORE_PROGRESS_RECORDS = 50_000
 
 _KINDS = ("counter", "gauge", "histogram", "info")
 
@@ -96,15 +99,38 @@ _ALL = (
            "Changelog records replayed into local state stores."),
     Metric("fraudstream_restoring_partitions", "gauge", ("stage",),
            "Assigned tasks still restoring from their changelog (not ready while above 0)."),
+    # Per task while it is assigned: a restore publishes at most every second (or every
+    # RESTORE_PROGRESS_RECORDS records); remaining is 0 once done, both go when the task closes.
+    Metric("fraudstream_restore_restored_records", "gauge", ("stage", "partition"),
+           "Changelog records replayed so far by the task's latest restore."),
+    Metric("fraudstream_restore_remaining_records", "gauge", ("stage", "partition"),
+           "Changelog offsets the task's restore has still to read (end offset minus position; "
+           "0 when done)."),
     Metric("fraudstream_assigned_partitions", "gauge", ("stage",),
            "Tasks (stage partitions) assigned to this worker."),
     # ------------------------------------------------------------------ models and trainer
     Metric("fraudstream_model_version_info", "info", ("model", "version"),
            "The model version in use (value 1; the labels carry the identity)."),
+    # Rolling quality, progressive validation: each label is judged against the score stored when
+    # its event was scored. model: final (the score decided on), global, merchant, challenger.
+    # The worker pools the last labels of each partition it scores and recomputes every
+    # quality_metrics_interval_s; the trainer exports the global model over all partitions.
+    # Unset (absent) while undefined, e.g. AUC before both classes were seen.
     Metric("fraudstream_quality_auc", "gauge", ("model",),
-           "Prequential ROC AUC of a model over recent labelled events."),
+           "Rolling ROC AUC of a model over its latest labelled events."),
+    Metric("fraudstream_quality_average_precision", "gauge", ("model",),
+           "Rolling average precision of a model over its latest labelled events."),
+    Metric("fraudstream_quality_precision_at_budget", "gauge", ("model",),
+           "Share of fraud among the top review_budget of the latest labelled events by score."),
+    Metric("fraudstream_quality_recall_at_budget", "gauge", ("model",),
+           "Share of the fraud among the latest labelled events caught in the top review_budget."),
+    Metric("fraudstream_quality_window_labels", "gauge", ("model",),
+           "Labelled events the rolling quality figures of a model are computed over."),
+    Metric("fraudstream_label_delay_mean_seconds", "gauge", (),
+           "Mean time from an event to its label, over the labels joined on this worker's "
+           "partitions since they were assigned (NaN before the first)."),
     Metric("fraudstream_drift_alarms_total", "counter", ("model",),
-           "Concept-drift alarms raised by the drift detector."),
+           "Concept-drift alarms (ADWIN on a model's per-label log loss)."),
 )
 
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}

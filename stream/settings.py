@@ -116,6 +116,12 @@ class Settings:
     # How often (wall-clock seconds) each task's store is swept for entities idle beyond their
     # TTL (event time); a sweep scans the whole partition store. 0 disables it.
     state_expiry_interval_s: float = 3600.0
+    # Model quality the worker exports (docs/operations.md): precision and recall are measured at
+    # this review budget (the fraction of labelled events a review team looks at, highest scores
+    # first); the figures are recomputed every quality_metrics_interval_s wall-clock seconds, on
+    # the processing thread (about 10 ms per scoring partition whose windows are full).
+    review_budget: float = 0.01
+    quality_metrics_interval_s: float = 15.0
     # Prometheus metrics and health endpoints (docs/operations.md). Loopback by default; containers
     # set FRAUDSTREAM_METRICS_HOST=0.0.0.0 so the orchestrator can probe and scrape them.
     metrics_host: str = "127.0.0.1"
@@ -245,6 +251,12 @@ class Settings:
         if self.state_expiry_interval_s < 0:
             raise ConfigError("state_expiry_interval_s: must be >= 0 (0 disables sweeps), got "
                               f"{self.state_expiry_interval_s}")
+        if not 0.0 < self.review_budget <= 1.0:
+            raise ConfigError(f"review_budget: must be above 0 and at most 1, "
+                              f"got {self.review_budget}")
+        if not self.quality_metrics_interval_s > 0:
+            raise ConfigError("quality_metrics_interval_s: must be above 0, "
+                              f"got {self.quality_metrics_interval_s}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format: must be text or json, got {self.log_format!r}")
         topics = [self.topic_events, self.topic_labels, self.topic_scores, self.topic_dead_letter,

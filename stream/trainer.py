@@ -68,7 +68,7 @@ from stream.exceptions import DecodeError, KafkaError, RawRecord
 from stream.lifecycle import GracefulStop, Stoppable
 from stream.modelstore import (ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord,
                                publish_model, snapshot_producer_config)
-from stream.observability import HealthServer, WorkerMetrics
+from stream.observability import HealthServer, QualityGauges, WorkerMetrics
 from stream.settings import Settings
 from stream.topics import ensure_topics, project_topics
 
@@ -247,7 +247,9 @@ class Trainer(Stoppable):
         self._records = 0                      # records consumed since the last publish
         self._first_pending_at: float | None = None
         self._position: int | None = None      # next offset to commit
-        self._quality = QualityWindow(10_000)
+        # The global model's calibrated scores as workers recorded them, over all partitions.
+        self._quality = QualityWindow(10_000, settings.review_budget)
+        self._quality_gauges = QualityGauges(self.metrics)
         self._version_info: dict[str, str] = {}
 
     # ------------------------------------------------------------------ lifecycle
@@ -480,9 +482,8 @@ class Trainer(Stoppable):
         m["fraudstream_commit_seconds"].observe(time.perf_counter() - started)
         m["fraudstream_commits_total"].inc()
         self._set_version_info()
-        auc = self._quality.report().get("roc_auc")
-        if auc is not None:
-            m["fraudstream_quality_auc"].labels("global").set(auc)
+        if self._quality.n:
+            self._quality_gauges.set_models({"global": self._quality.report()})
         return True
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None, headers: list) -> None:

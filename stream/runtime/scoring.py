@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 from features.store import StateStore
+
+if TYPE_CHECKING:  # the online models (river) load only when a model scorer is made
+    from online_models.metrics import QualityMonitor
 
 __all__ = ["Scorer", "Outcome", "ModelScorer", "HeuristicScorer", "make_scorer"]
 
@@ -37,6 +40,8 @@ class Scorer(Protocol):
     in the task's store)."""
 
     version: str
+    # Progressive-validation quality of this task's scores (None for fixed scorers).
+    monitor: QualityMonitor | None
 
     def score(self, features: Mapping[str, Any], event: Mapping[str, Any]) -> Outcome: ...
 
@@ -63,20 +68,27 @@ class ModelScorer:
 
     def __init__(self, spec: str, store: StateStore, review: float, block: float,
                  global_model: Any | None = None,
-                 per_merchant: Mapping[str, tuple[float, float]] | None = None) -> None:
+                 per_merchant: Mapping[str, tuple[float, float]] | None = None,
+                 budget: float = 0.01) -> None:
         from online_models.calibration import DecisionPolicy, Thresholds
         from online_models.scorer import Scorer as _Scorer
 
         policy = DecisionPolicy(Thresholds(review, block),
                                 {m: Thresholds(r, b) for m, (r, b) in (per_merchant or {}).items()})
         self._s = _Scorer.create(spec, kv=store, learn_global=False, write_through=False,
-                                 policy=policy)
+                                 policy=policy, budget=budget)
         if global_model is not None:
             self._s.load_global(global_model)
 
     @property
     def version(self) -> str:
         return self._s.global_model.version
+
+    @property
+    def monitor(self) -> QualityMonitor:
+        """Quality since this task opened: in memory only (not in the store), so it starts over
+        when the partition is restored."""
+        return self._s.monitor
 
     def score(self, features: Mapping[str, Any], event: Mapping[str, Any]) -> Outcome:
         # No defensive copy: the models build their own vector from ``features``.
@@ -120,6 +132,7 @@ _BIAS = -4.0
 
 class HeuristicScorer:
     version = "heuristic-1"
+    monitor = None  # learns nothing, so nothing to evaluate
 
     def score(self, features: Mapping[str, Any], event: Mapping[str, Any]) -> Outcome:
         z = _BIAS
@@ -155,9 +168,11 @@ class HeuristicScorer:
 
 def make_scorer(model_name: str, store: StateStore, review: float, block: float,
                 global_model: Any | None = None,
-                per_merchant: Mapping[str, tuple[float, float]] | None = None) -> Scorer:
+                per_merchant: Mapping[str, tuple[float, float]] | None = None,
+                budget: float = 0.01) -> Scorer:
     """The scorer for one task of the last stage (``per_merchant``: merchant -> (review,
-    block) thresholds that win over the global ones)."""
+    block) thresholds that win over the global ones; ``budget``: the review budget its quality
+    monitor measures precision and recall at)."""
     if model_name == "heuristic":
         return HeuristicScorer()  # its decisions come from the runtime's thresholds
-    return ModelScorer(model_name, store, review, block, global_model, per_merchant)
+    return ModelScorer(model_name, store, review, block, global_model, per_merchant, budget)

@@ -67,7 +67,7 @@ from stream.events import Score, decode_event, decode_label
 from stream.exceptions import ConfigError, DecodeError, KafkaError
 from stream.lifecycle import GracefulStop, Stoppable
 from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord
-from stream.observability import HealthServer, WorkerMetrics
+from stream.observability import HealthServer, QualityGauges, RestoreProgress, WorkerMetrics
 from stream.pii import IdentifierHasher
 from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
 from stream.runtime.scoring import ModelScorer, Scorer, make_scorer
@@ -179,6 +179,8 @@ class Worker(Stoppable):
         self._children: dict[tuple, Any] = {}
         self._e2e_pending: list[int] = []
         self._next_lag_check = 0.0
+        self._quality = QualityGauges(self.metrics)
+        self._next_quality = time.monotonic() + settings.quality_metrics_interval_s
         self._next_expiry = time.monotonic() + settings.state_expiry_interval_s
         self._by_topic = self.topology.stage_for_topic()
         self._tasks: dict[tuple[int, int], Task] = {}
@@ -290,6 +292,8 @@ class Worker(Stoppable):
                     gc.freeze()
                 if time.monotonic() >= self._next_lag_check:
                     self._record_lag()
+                if time.monotonic() >= self._next_quality:
+                    self._record_quality()
                 if self._model_feed is not None:
                     updates = self._model_feed.poll()
                     if updates:
@@ -767,6 +771,7 @@ class Worker(Stoppable):
         # Without a checkpoint each task is rebuilt from its changelog when reopened.
         for task in self._tasks.values():
             task.store.close()
+            self._forget_task(task)
         self._tasks.clear()
         assignment = self._consumer.assignment()
         committed = self._committed_offsets(assignment)
@@ -793,9 +798,8 @@ class Worker(Stoppable):
         if start is None and path.exists():
             shutil.rmtree(path)  # no trustworthy checkpoint: rebuild from the changelog
         store = open_store(self.state_backend, path, batch_size=1 << 30)
-        restored = self._restore(store, stage.changelog_topic, partition, start or 0)
+        restored = self._restore(store, stage, partition, start or 0)
         self.stats.restored_records += restored
-        self._child("fraudstream_restore_records_total", stage.name).inc(restored)
         log.info("task %s-%d ready: %d changelog records restored from offset %d", stage.name,
                  partition, restored, start or 0,
                  extra={"stage": stage.name, "partition": partition, "restored": restored})
@@ -803,7 +807,7 @@ class Worker(Stoppable):
         if stage is self.topology.last:
             s = self.settings
             scorer = make_scorer(s.model_name, store, s.review_threshold, s.block_threshold,
-                                 self._global_model, s.merchant_threshold_map())
+                                 self._global_model, s.merchant_threshold_map(), s.review_budget)
             if self._challenger is not None and isinstance(scorer, ModelScorer):
                 scorer.load_challenger(self._challenger)
         task = Task(stage, partition, store, scorer)
@@ -812,23 +816,30 @@ class Worker(Stoppable):
         task.processing_metric = self._child("fraudstream_processing_seconds", stage.name)
         return task
 
-    def _restore(self, store: CachedStore, topic: str, partition: int, start: int) -> int:
+    def _restore(self, store: CachedStore, stage: Stage, partition: int, start: int) -> int:
+        """Replay the changelog from ``start`` into ``store``; how many records were read."""
+        topic = stage.changelog_topic
         restorer = Consumer(self.settings.consumer_config(
             f"{self.settings.group_id}-restore",
             **{"enable.partition.eof": True, "client.id": f"{self.settings.client_id}-restore",
                "logger": _KAFKA_LOG}))
-        count = 0
         try:
             low, high = restorer.get_watermark_offsets(TopicPartition(topic, partition),
                                                        timeout=30)
-            if high <= max(start, low):
-                return 0
-            restorer.assign([TopicPartition(topic, partition, max(start, low))])
+            first = max(start, low)
+            # Gauges per batch, published at most every second or RESTORE_PROGRESS_RECORDS.
+            progress = RestoreProgress(self.metrics, stage.name, partition, first, high)
+            if high <= first:
+                return progress.finish()
+            restorer.assign([TopicPartition(topic, partition, first)])
             puts: dict[bytes, bytes] = {}
             deletes: set[bytes] = set()
             done = False
             while not done:
-                for msg in restorer.consume(5000, 1.0):
+                msgs = restorer.consume(5000, 1.0)
+                read = 0
+                position = -1
+                for msg in msgs:
                     err = msg.error()
                     if err is not None:
                         if err.code() == _RdKafkaError._PARTITION_EOF:
@@ -836,7 +847,8 @@ class Worker(Stoppable):
                             continue
                         raise KafkaError(f"restoring {topic}[{partition}]: {err.str()}")
                     key, value = msg.key(), msg.value()
-                    count += 1
+                    read += 1
+                    position = msg.offset() + 1
                     if value is None:
                         puts.pop(key, None)
                         deletes.add(key)
@@ -846,9 +858,10 @@ class Worker(Stoppable):
                 if len(puts) + len(deletes) >= 50_000 or done:
                     store.backend.write(puts, list(deletes))
                     puts, deletes = {}, set()
+                progress.advance(read, position)
         finally:
             restorer.close()
-        return count
+        return progress.finish()
 
     def _restore_pending(self) -> None:
         pending, self._to_restore = self._to_restore, {}
@@ -886,6 +899,30 @@ class Worker(Stoppable):
                 lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
                     max(0, high - tp.offset))
 
+    def _record_quality(self) -> None:
+        """Rolling quality of the models, pooled over the scoring tasks (every
+        ``quality_metrics_interval_s``: pooling sorts every task's windows)."""
+        self._next_quality = time.monotonic() + self.settings.quality_metrics_interval_s
+        monitors = {f"{t.stage.name}-{t.partition}": t.scorer.monitor
+                    for t in self._tasks.values()
+                    if t.scorer is not None and t.scorer.monitor is not None}
+        self._log_drifts(self._quality.update(monitors, self.settings.review_budget))
+
+    def _log_drifts(self, alarms: dict[str, int]) -> None:
+        for model, n in sorted(alarms.items()):
+            log.warning("drift alarm on model %s (%d since the last check): its per-label log loss "
+                        "changed; see the fraudstream_quality_* metrics", model, n,
+                        extra={"model": model, "alarms": n})
+
+    def _forget_task(self, task: Task) -> None:
+        """A task closes: its restore gauges go, and the drift alarms its monitor raised since
+        the last quality update are still counted."""
+        RestoreProgress.forget(self.metrics, task.stage.name, task.partition)
+        monitor = task.scorer.monitor if task.scorer is not None else None
+        if monitor is not None:
+            self._log_drifts(self._quality.retire(f"{task.stage.name}-{task.partition}",
+                                                  monitor))
+
     def _child(self, name: str, *labels: Any) -> Any:
         """A labelled metric child, cached: label resolution costs more than the increment."""
         key = (name, *labels)
@@ -901,6 +938,7 @@ class Worker(Stoppable):
             if task is None:
                 continue
             task.store.close()
+            self._forget_task(task)
             if checkpoint:
                 end = self._consumer.get_watermark_offsets(
                     TopicPartition(task.stage.changelog_topic, task.partition), timeout=30)[1]
