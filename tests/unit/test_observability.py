@@ -74,7 +74,13 @@ def test_the_metrics_from_the_issue_are_defined():
         "fraudstream_restore_records_total": None,
         "fraudstream_model_version_info": None,
         "fraudstream_quality_auc": ("model",),
-        "fraudstream_drift_alarms_total": None,
+        "fraudstream_quality_average_precision": ("model",),
+        "fraudstream_quality_precision_at_budget": ("model",),
+        "fraudstream_quality_recall_at_budget": ("model",),
+        "fraudstream_label_delay_mean_seconds": (),
+        "fraudstream_drift_alarms_total": ("model",),
+        "fraudstream_restore_restored_records": ("stage", "partition"),
+        "fraudstream_restore_remaining_records": ("stage", "partition"),
     }
     for name, labels in wanted.items():
         assert name in METRICS, name
@@ -177,7 +183,11 @@ def test_every_dashboard_metric_is_defined(dashboard):
                  "fraudstream_processing_seconds", "fraudstream_end_to_end_seconds",
                  "fraudstream_commit_seconds", "fraudstream_state_entities",
                  "fraudstream_restore_records_total", "fraudstream_model_version_info",
-                 "fraudstream_quality_auc", "fraudstream_drift_alarms_total"):
+                 "fraudstream_quality_auc", "fraudstream_drift_alarms_total",
+                 "fraudstream_quality_average_precision",
+                 "fraudstream_quality_precision_at_budget", "fraudstream_quality_recall_at_budget",
+                 "fraudstream_quality_window_labels", "fraudstream_label_delay_mean_seconds",
+                 "fraudstream_restore_restored_records", "fraudstream_restore_remaining_records"):
         assert name in used, f"no dashboard panel shows {name}"
 
 
