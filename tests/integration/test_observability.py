@@ -1,8 +1,12 @@
-"""The worker's metrics and health endpoints, scraped while it works on the real broker."""
+"""The worker's metrics and health endpoints, scraped while it works on the real broker: throughput,
+latency, lag, readiness, rolling model quality once labels arrive, and restore progress (a second
+worker rebuilds the first one's state from the changelogs)."""
 
 from __future__ import annotations
 
 import json
+import math
+import random
 import re
 import signal
 import subprocess
@@ -11,11 +15,15 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from stream.demo import generate_events
 from stream.publisher import EventPublisher
 from stream.topics import ensure_topics
 from tests.conftest import ROOT, _free_port_pair
 from tests.kafka_util import process_env
+
+DAY_MS = 86_400_000
 
 
 def _get(url: str) -> tuple[int, str]:
@@ -38,16 +46,38 @@ def _sample(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def _series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Every sample of ``name``: label pairs -> value (NaN included)."""
+    out = {}
+    for line in text.splitlines():
+        m = re.match(rf"^{name}(?:\{{([^}}]*)\}})? (\S+)$", line)
+        if m:
+            labels = tuple(sorted(re.findall(r'([a-z_]+)="([^"]*)"', m.group(1) or "")))
+            out[labels] = float(m.group(2))
+    return out
+
+
+def _start_worker(s, instance: str, port: int, log) -> subprocess.Popen:
+    env = process_env(s, FRAUDSTREAM_METRICS_PORT=str(port), FRAUDSTREAM_LOG_FORMAT="json",
+                      FRAUDSTREAM_QUALITY_METRICS_INTERVAL_S="1")
+    return subprocess.Popen([sys.executable, "-m", "stream", "worker", "--instance-id", instance],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
 def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, tmp_path):
     s = kafka_settings
     ensure_topics(s)
     port = _free_port_pair()
     base = f"http://127.0.0.1:{port}"
-    env = process_env(s, FRAUDSTREAM_METRICS_PORT=str(port), FRAUDSTREAM_LOG_FORMAT="json")
     log_path = tmp_path / "worker.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "stream", "worker", "--instance-id", "m1"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = _start_worker(s, "m1", port, log)
         try:
             # Readiness: 503 while starting (before assignment and restore), then 200.
             seen_not_ready = False
@@ -99,12 +129,43 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
                 time.sleep(1)
             assert lag == 0
             assert _get(base + "/nope")[0] == 404
+
+            # A fresh worker restored empty changelogs: every task reports 0 left, 0 restored.
+            remaining = _series(text, "fraudstream_restore_remaining_records")
+            assert len(remaining) == 2 * s.partitions and set(remaining.values()) == {0.0}
+            # No label yet: no quality figures, and the label delay is unknown (not 0).
+            assert not _series(text, "fraudstream_quality_auc")
+            assert math.isnan(_series(text, "fraudstream_label_delay_mean_seconds")[()])
+
+            # Labels three days later; the scoring stage evaluates each against its stored score.
+            rng = random.Random(9)
+            with EventPublisher(s) as pub:
+                for e in events:
+                    pub.publish_label({"event_id": e["event_id"], "user_id": e["user_id"],
+                                       "merchant_id": e["merchant_id"],
+                                       "is_fraud": e["amount"] < 2.0 or rng.random() < 0.05,
+                                       "label_time": e["event_time"] + 3 * DAY_MS,
+                                       "source": "chargeback"})
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                _, text = _get(base + "/metrics")
+                window = _series(text, "fraudstream_quality_window_labels")
+                if window.get((("model", "final"),)) == len(events):
+                    break
+                time.sleep(0.5)
+            assert window.get((("model", "final"),)) == len(events), window
+            for model in ("final", "global"):
+                for family in ("auc", "average_precision", "precision_at_budget",
+                               "recall_at_budget"):
+                    got = _series(text, f"fraudstream_quality_{family}")
+                    assert 0.0 <= got[(("model", model),)] <= 1.0, (family, model, got)
+            assert _series(text, "fraudstream_label_delay_mean_seconds")[()] == \
+                pytest.approx(3 * DAY_MS / 1000)
+            assert _sample(text, "fraudstream_labels_total", stage="merchant") == len(events)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _stop(proc)
     assert _get(base + "/healthz")[0] == 0  # the server went away with the process
     # Structured logs: every line is one JSON object; record-level lines carry their context.
     records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
@@ -112,3 +173,34 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
     dead = [r for r in records if r["msg"].startswith("dead letter")]
     assert len(dead) == 1 and dead[0]["topic"] == s.topic_events and dead[0]["offset"] >= 0
     assert any("scored 3000" in r["msg"] for r in records)
+
+    # Another instance has no local state: it rebuilds every task from the changelogs, and its
+    # restore gauges say how much it read, as its log does.
+    port = _free_port_pair()
+    base = f"http://127.0.0.1:{port}"
+    log_path = tmp_path / "worker2.log"
+    with log_path.open("wb") as log:
+        proc = _start_worker(s, "m2", port, log)
+        try:
+            deadline = time.monotonic() + 60
+            while _get(base + "/readyz")[0] != 200:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.1)
+            _, text = _get(base + "/metrics")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(60) == 0
+        finally:
+            _stop(proc)
+    restored = _series(text, "fraudstream_restore_restored_records")
+    remaining = _series(text, "fraudstream_restore_remaining_records")
+    assert len(restored) == 2 * s.partitions and set(remaining.values()) == {0.0}
+    logged = {(r["stage"], str(r["partition"])): r["restored"]
+              for r in map(json.loads, log_path.read_text().splitlines())
+              if r["msg"].startswith("task ") and "restored" in r}
+    assert {(dict(k)["stage"], dict(k)["partition"]): v for k, v in restored.items()} == logged
+    for stage in ("user", "merchant"):
+        total = sum(v for (st, _), v in logged.items() if st == stage)
+        assert total > 0  # the merchant stage holds snapshots and merchant models, the user
+        assert _sample(text, "fraudstream_restore_records_total", stage=stage) == total
+    # The quality windows are not state: the new owner starts them empty.
+    assert not _series(text, "fraudstream_quality_window_labels")
