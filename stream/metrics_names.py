@@ -94,7 +94,10 @@ _ALL = (
            "Aborted transactions after which state was rebuilt to the last commit."),
     # ------------------------------------------------------------------ worker: state
     Metric("fraudstream_state_entities", "gauge", ("stage",),
-           "Entities (keys) held in the local state stores of a stage."),
+           "Entries (entity states, label index, stored snapshots) in the local state stores of "
+           "a stage, as the store estimates them."),
+    Metric("fraudstream_state_bytes", "gauge", ("stage",),
+           "Bytes of the local state stores of a stage (RocksDB: SST files plus memtables)."),
     Metric("fraudstream_restore_records_total", "counter", ("stage",),
            "Changelog records replayed into local state stores."),
     Metric("fraudstream_restoring_partitions", "gauge", ("stage",),

@@ -907,6 +907,19 @@ class Worker(Stoppable):
                     for t in self._tasks.values()
                     if t.scorer is not None and t.scorer.monitor is not None}
         self._log_drifts(self._quality.update(monitors, self.settings.review_budget))
+        self._record_state_size()
+
+    def _record_state_size(self) -> None:
+        """Entries and bytes of the local stores per stage (RocksDB's own estimates: cheap)."""
+        entries: dict[str, int] = {s.name: 0 for s in self.topology.stages}
+        size: dict[str, int] = dict(entries)
+        for task in self._tasks.values():
+            backend = task.store.backend
+            entries[task.stage.name] += backend.entry_count()
+            size[task.stage.name] += backend.size_bytes()
+        for stage, n in entries.items():
+            self._child("fraudstream_state_entities", stage).set(n)
+            self._child("fraudstream_state_bytes", stage).set(size[stage])
 
     def _log_drifts(self, alarms: dict[str, int]) -> None:
         for model, n in sorted(alarms.items()):

@@ -37,3 +37,6 @@ class MemoryBackend:
 
     def size_bytes(self) -> int:
         return sum(len(k) + len(v) for k, v in self._data.items())
+
+    def entry_count(self) -> int:
+        return len(self._data)

@@ -115,3 +115,8 @@ class RocksBackend:
             sst = self._db.property_int_value("rocksdb.total-sst-files-size") or 0
             mem = self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
         return sst + mem
+
+    def entry_count(self) -> int:
+        """Keys in the store, as RocksDB estimates them (exact only after compaction)."""
+        with translate(f"stats {self.path}"):
+            return self._db.property_int_value("rocksdb.estimate-num-keys") or 0

@@ -162,6 +162,12 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
             assert _series(text, "fraudstream_label_delay_mean_seconds")[()] == \
                 pytest.approx(3 * DAY_MS / 1000)
             assert _sample(text, "fraudstream_labels_total", stage="merchant") == len(events)
+            # State size per stage: every user and merchant has an entry (plus label index and
+            # stored snapshots), and the stores take bytes.
+            users = len({e["user_id"] for e in events})
+            assert _sample(text, "fraudstream_state_entities", stage="user") >= users
+            assert _sample(text, "fraudstream_state_entities", stage="merchant") >= len(events)
+            assert _sample(text, "fraudstream_state_bytes", stage="merchant") > 0
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0
         finally:
