@@ -73,7 +73,7 @@ from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
 from stream.runtime.scoring import ModelScorer, Scorer, make_scorer
 from stream.runtime.topology import Stage, Topology
 from stream.settings import Settings
-from stream.state import CachedStore, open_store
+from stream.state import CachedStore, RocksOptions, open_store
 from stream.topics import ensure_topics, project_topics
 
 __all__ = ["Worker", "WorkerStats", "decide"]
@@ -95,6 +95,7 @@ class _Stuck(Exception):
 _EVENT, _FEATURES, _LABEL, _APPENDED = "e", "f", "l", "t"
 # State key prefix of labels waiting for their event (see Worker._apply_label).
 _PARKED = b"\x00pl/"
+_TASK_ROCKS = RocksOptions(disable_wal=True)
 
 
 def decide(score: float, settings: Settings, merchant_id: str | None = None) -> str:
@@ -198,8 +199,10 @@ class Worker(Stoppable):
         self._epoch = 0
         self._undelivered: dict[int, int] = {0: 0}
         self._closed_epochs: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
-        self._delivery_cb: Callable[..., None] = (self._on_delivery if self.exactly_once
-                                                  else partial(self._on_epoch_delivery, 0))
+        # Exactly-once needs no report per delivered record (a failed one fails the commit):
+        # only failures reach _on_delivery, through the producer configuration.
+        self._delivery_cb: Callable[..., None] | None = (
+            None if self.exactly_once else partial(self._on_epoch_delivery, 0))
 
         client = f"{settings.client_id}-{self.instance_id}"
         # librdkafka's own log lines go through Python logging (and so the configured format).
@@ -209,6 +212,8 @@ class Worker(Stoppable):
         if self.exactly_once:
             self._producer_conf["transactional.id"] = f"{settings.group_id}-{self.instance_id}"
             self._producer_conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
+            self._producer_conf["on_delivery"] = self._on_delivery
+            self._producer_conf["delivery.report.only.error"] = True
         self._producer = Producer(settings.producer_config(**self._producer_conf))
 
     # ------------------------------------------------------------------ lifecycle
@@ -467,8 +472,10 @@ class Worker(Stoppable):
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
                  partition: int | None = None, headers: list | None = None) -> None:
         # Record timestamps stay the produce time; event time is in the payload (see publisher).
-        kwargs: dict[str, Any] = {"on_delivery": self._delivery_cb}
-        if not self.exactly_once:
+        kwargs: dict[str, Any] = {}
+        cb = self._delivery_cb
+        if cb is not None:  # at-least-once: count the epoch's outputs (exactly-once: see below)
+            kwargs["on_delivery"] = cb
             self._undelivered[self._epoch] += 1
         if partition is not None:
             kwargs["partition"] = partition
@@ -797,7 +804,10 @@ class Worker(Stoppable):
         start = consume_checkpoint(checkpoint, stage.changelog_topic, partition)
         if start is None and path.exists():
             shutil.rmtree(path)  # no trustworthy checkpoint: rebuild from the changelog
-        store = open_store(self.state_backend, path, batch_size=1 << 30)
+        # No write-ahead log: the changelog is the durable copy. A store is trusted again only
+        # through a checkpoint, written after a clean close, and closing flushes the memtables;
+        # after a crash the store is rebuilt from the changelog whatever RocksDB holds.
+        store = open_store(self.state_backend, path, batch_size=1 << 30, options=_TASK_ROCKS)
         restored = self._restore(store, stage, partition, start or 0)
         self.stats.restored_records += restored
         log.info("task %s-%d ready: %d changelog records restored from offset %d", stage.name,

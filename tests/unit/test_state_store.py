@@ -73,6 +73,20 @@ def test_rocksdb_state_survives_reopen(tmp_path):
     assert path.name == "fraudstream.events-3"
 
 
+def test_store_without_wal_survives_a_clean_close(tmp_path):
+    opts = RocksOptions(disable_wal=True)
+    backend = RocksBackend(tmp_path / "nowal", opts)
+    backend.write({b"k%d" % i: b"v%d" % i for i in range(1000)}, [])
+    assert backend.entry_count() > 0
+    backend.close()  # the memtables hold everything: close must flush them
+    reopened = RocksBackend(tmp_path / "nowal", opts)
+    try:
+        assert reopened.get(b"k999") == b"v999" and reopened.get(b"k0") == b"v0"
+        assert 900 <= reopened.entry_count() <= 1100  # RocksDB's estimate
+    finally:
+        reopened.close()
+
+
 def test_every_open_goes_through_the_options_object(tmp_path, monkeypatch):
     seen = []
     real = RocksOptions.build
