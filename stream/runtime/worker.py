@@ -797,7 +797,7 @@ class Worker(Stoppable):
     def _task_dir(self, stage: Stage, partition: int) -> Path:
         return self.state_root / f"{stage.name}-{partition}"
 
-    def _open_task(self, stage: Stage, partition: int) -> Task:
+    def _open_task(self, stage: Stage, partition: int, restorer: Consumer) -> Task:
         path = self._task_dir(stage, partition)
         checkpoint = path.with_suffix(".checkpoint")
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -808,7 +808,7 @@ class Worker(Stoppable):
         # through a checkpoint, written after a clean close, and closing flushes the memtables;
         # after a crash the store is rebuilt from the changelog whatever RocksDB holds.
         store = open_store(self.state_backend, path, batch_size=1 << 30, options=_TASK_ROCKS)
-        restored = self._restore(store, stage, partition, start or 0)
+        restored = self._restore(restorer, store, stage, partition, start or 0)
         self.stats.restored_records += restored
         log.info("task %s-%d ready: %d changelog records restored from offset %d", stage.name,
                  partition, restored, start or 0,
@@ -826,16 +826,13 @@ class Worker(Stoppable):
         task.processing_metric = self._child("fraudstream_processing_seconds", stage.name)
         return task
 
-    def _restore(self, store: CachedStore, stage: Stage, partition: int, start: int) -> int:
+    def _restore(self, restorer: Consumer, store: CachedStore, stage: Stage, partition: int,
+                 start: int) -> int:
         """Replay the changelog from ``start`` into ``store``; how many records were read."""
         topic = stage.changelog_topic
-        restorer = Consumer(self.settings.consumer_config(
-            f"{self.settings.group_id}-restore",
-            **{"enable.partition.eof": True, "client.id": f"{self.settings.client_id}-restore",
-               "logger": _KAFKA_LOG}))
+        tp = TopicPartition(topic, partition)
         try:
-            low, high = restorer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                       timeout=30)
+            low, high = restorer.get_watermark_offsets(tp, timeout=30)
             first = max(start, low)
             # Gauges per batch, published at most every second or RESTORE_PROGRESS_RECORDS.
             progress = RestoreProgress(self.metrics, stage.name, partition, first, high)
@@ -846,7 +843,10 @@ class Worker(Stoppable):
             deletes: set[bytes] = set()
             done = False
             while not done:
-                msgs = restorer.consume(5000, 1.0)
+                # consume() waits for all 5000 or the timeout: keep the timeout short and stop
+                # as soon as the fetch position passes the end read above (it steps over
+                # transaction markers, which the last record's offset does not).
+                msgs = restorer.consume(5000, 0.02)
                 read = 0
                 position = -1
                 for msg in msgs:
@@ -865,20 +865,34 @@ class Worker(Stoppable):
                     else:
                         deletes.discard(key)
                         puts[key] = value
+                if not done and restorer.position([tp])[0].offset >= high:
+                    done = True
                 if len(puts) + len(deletes) >= 50_000 or done:
                     store.backend.write(puts, list(deletes))
                     puts, deletes = {}, set()
                 progress.advance(read, position)
         finally:
-            restorer.close()
+            restorer.unassign()
         return progress.finish()
 
     def _restore_pending(self) -> None:
         pending, self._to_restore = self._to_restore, {}
-        for (stage_index, partition), tp in pending.items():
-            stage = self.topology.stages[stage_index]
-            self._tasks[(stage_index, partition)] = self._open_task(stage, partition)
-            self._consumer.resume([tp])
+        # One reader for every task restored now: a client per task paid its connection and
+        # metadata round trips each time.
+        # fetch.wait.max.ms: at a changelog's end the broker holds a fetch open for up to this
+        # long, and the next task's partition cannot be fetched until it returns.
+        restorer = Consumer(self.settings.consumer_config(
+            f"{self.settings.group_id}-restore",
+            **{"enable.partition.eof": True, "client.id": f"{self.settings.client_id}-restore",
+               "fetch.wait.max.ms": 10, "logger": _KAFKA_LOG}))
+        try:
+            for (stage_index, partition), tp in pending.items():
+                stage = self.topology.stages[stage_index]
+                self._tasks[(stage_index, partition)] = self._open_task(stage, partition,
+                                                                        restorer)
+                self._consumer.resume([tp])
+        finally:
+            restorer.close()
         self._record_assignment()
 
     def _record_assignment(self) -> None:
