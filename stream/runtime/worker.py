@@ -70,8 +70,9 @@ from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelReco
 from stream.observability import HealthServer, QualityGauges, RestoreProgress, WorkerMetrics
 from stream.pii import IdentifierHasher
 from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
+from stream.runtime.emitter import Emitter
 from stream.runtime.scoring import ModelScorer, Scorer, make_scorer
-from stream.runtime.topology import Stage, Topology
+from stream.runtime.topology import DEFAULT_STAGE_KEYS, Stage, Topology
 from stream.settings import Settings
 from stream.state import CachedStore, RocksOptions, open_store
 from stream.topics import ensure_topics, project_topics
@@ -113,6 +114,7 @@ def decide(score: float, settings: Settings, merchant_id: str | None = None) -> 
 class WorkerStats:
     consumed: int = 0
     scored: int = 0
+    emitted: int = 0  # records the last stage produced through an emitter instead of scores
     forwarded: int = 0
     labels: int = 0
     dead_lettered: int = 0
@@ -144,11 +146,18 @@ class Task:
 
 
 class Worker(Stoppable):
-    """One worker process. ``run()`` processes until stopped."""
+    """One worker process. ``run()`` processes until stopped.
+
+    ``stage_keys``: the chain of keyed stages (see ``Topology.build``). ``emitter``: the last
+    stage produces what it returns instead of scoring (``stream.runtime.emitter``); no scorer,
+    model feed or label parking then.
+    """
 
     def __init__(self, settings: Settings, instance_id: str | None = None,
                  feature_set: FeatureSet | None = None,
-                 state_backend: str = "rocksdb", serve_metrics: bool = False) -> None:
+                 state_backend: str = "rocksdb", serve_metrics: bool = False,
+                 stage_keys: tuple[str, ...] = DEFAULT_STAGE_KEYS,
+                 emitter: Emitter | None = None) -> None:
         self.settings = settings
         self.instance_id = instance_id or settings.instance_id or socket.gethostname()
         self.exactly_once = settings.processing_guarantee == "exactly_once"
@@ -159,14 +168,17 @@ class Worker(Stoppable):
                 feature_set = load_features(settings.features_file)
             else:
                 feature_set = default_feature_set()
-        self.topology = Topology.build(settings, feature_set)
+        self.topology = Topology.build(settings, feature_set, stage_keys)
+        self._emitter = emitter
+        # Scores come from a model that the models topic may update (else: fixed or no scorer).
+        self._follows_models = emitter is None and settings.model_name != "heuristic"
         # The global model every task scores with: the latest snapshot on the models topic
         # (followed while running), or the spec's untrained model until the trainer publishes.
         self._global_model: Any | None = None
         self._challenger: Any | None = None
         self._model_feed: ModelFeed | None = None
         self.model_version = "heuristic-1" if settings.model_name == "heuristic" else None
-        self._parks_labels = settings.model_name != "heuristic"
+        self._parks_labels = self._follows_models
         self._pii = (IdentifierHasher(settings.pii_hash_key.reveal().encode(),
                                       [f.strip() for f in settings.pii_fields.split(",")
                                        if f.strip()])
@@ -234,12 +246,12 @@ class Worker(Stoppable):
                                   "none") from None
             log.info("metrics and health on http://%s:%d", *self._health.address[:2])
         self.ensure_topics()
-        if self.settings.model_name == "heuristic":
-            self.metrics["fraudstream_model_version_info"].labels(
-                model="global", version="heuristic-1").info({})
-        else:
+        if self._follows_models:
             self._model_feed = ModelFeed(self.settings, logger=_KAFKA_LOG)
             self._apply_models(list(self._model_feed.catch_up().values()))
+        elif self._emitter is None:
+            self.metrics["fraudstream_model_version_info"].labels(
+                model="global", version="heuristic-1").info({})
         if self.exactly_once:
             self._init_transactions()
         topics = [st.input_topic for st in self.topology.stages] + [self.settings.topic_labels]
@@ -303,7 +315,8 @@ class Worker(Stoppable):
                     updates = self._model_feed.poll()
                     if updates:
                         self._apply_models(updates)
-                if max_events is not None and self.stats.scored >= max_events:
+                if (max_events is not None
+                        and self.stats.scored + self.stats.emitted >= max_events):
                     break
             self.commit(wait=True)
             self._close_tasks(list(self._tasks), checkpoint=True)
@@ -400,6 +413,12 @@ class Worker(Stoppable):
                                       _APPENDED: appended_ms}))
             self.stats.forwarded += 1
             return
+        if appended_ms > 0:
+            self._e2e_pending.append(appended_ms)
+        if self._emitter is not None:
+            self._produce(self.settings.topic_scores, *self._emitter.emit(event, merged))
+            self.stats.emitted += 1
+            return
         out = task.scorer.score(merged, event)
         score = Score(event_id=event["event_id"], user_id=event["user_id"],
                       merchant_id=event.get("merchant_id"), event_time=event["event_time"],
@@ -411,8 +430,6 @@ class Worker(Stoppable):
         self._produce(self.settings.topic_scores, event["user_id"].encode(), score.encode())
         self.stats.scored += 1
         self._child("fraudstream_scores_total", score.decision).inc()
-        if appended_ms > 0:
-            self._e2e_pending.append(appended_ms)
         if self._parks_labels:
             key = _PARKED + event["event_id"].encode()
             parked = task.store.get(key)
@@ -814,7 +831,7 @@ class Worker(Stoppable):
                  partition, restored, start or 0,
                  extra={"stage": stage.name, "partition": partition, "restored": restored})
         scorer = None
-        if stage is self.topology.last:
+        if stage is self.topology.last and self._emitter is None:
             s = self.settings
             scorer = make_scorer(s.model_name, store, s.review_threshold, s.block_threshold,
                                  self._global_model, s.merchant_threshold_map(), s.review_budget)
