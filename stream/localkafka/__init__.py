@@ -319,10 +319,17 @@ def _java() -> str:
 
 
 def _kafka_uuid() -> str:
-    """A KRaft cluster id: 16 random bytes in URL-safe base64 without padding."""
+    """A KRaft cluster id: 16 random bytes in URL-safe base64 without padding.
+
+    Never one starting with "-": ``kafka-storage format -t -xyz`` reads it as an option and fails
+    (1 run in 64). Kafka's own ``Uuid.randomUuid()`` draws again in that case too.
+    """
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _process_start_time(pid: int) -> str:

@@ -48,9 +48,9 @@ def test_pid_file_with_matching_start_time_is_recognised(tmp_path: Path):
 
 
 def test_cluster_id_shape():
-    ids = {_kafka_uuid() for _ in range(50)}
-    assert len(ids) == 50
-    assert all(len(i) == 22 and "=" not in i for i in ids)
+    ids = {_kafka_uuid() for _ in range(2000)}  # about 31 would start with "-" unchecked
+    assert len(ids) == 2000
+    assert all(len(i) == 22 and "=" not in i and not i.startswith("-") for i in ids)
 
 
 def test_start_time_of_missing_process_is_empty():
