@@ -849,7 +849,7 @@ class Worker(Stoppable):
         topic = stage.changelog_topic
         tp = TopicPartition(topic, partition)
         try:
-            low, high = restorer.get_watermark_offsets(tp, timeout=30)
+            low, high = _watermarks(restorer, tp)
             first = max(start, low)
             # Gauges per batch, published at most every second or RESTORE_PROGRESS_RECORDS.
             progress = RestoreProgress(self.metrics, stage.name, partition, first, high)
@@ -994,8 +994,8 @@ class Worker(Stoppable):
             task.store.close()
             self._forget_task(task)
             if checkpoint:
-                end = self._consumer.get_watermark_offsets(
-                    TopicPartition(task.stage.changelog_topic, task.partition), timeout=30)[1]
+                end = _watermarks(self._consumer, TopicPartition(task.stage.changelog_topic,
+                                                                 task.partition))[1]
                 write_checkpoint(self._task_dir(task.stage, task.partition)
                                  .with_suffix(".checkpoint"),
                                  task.stage.changelog_topic, task.partition, end)
@@ -1048,6 +1048,31 @@ class Worker(Stoppable):
                 keys.append((stage.index, tp.partition))
         self._close_tasks(keys, checkpoint=checkpoint)
         self._record_assignment()
+
+
+# Offset-query errors of a partition that has no leader yet, or whose leader is moving. The
+# error the client raises for them does not carry librdkafka's retriable flag.
+_TRANSIENT = frozenset({_RdKafkaError.NOT_LEADER_FOR_PARTITION, _RdKafkaError.LEADER_NOT_AVAILABLE,
+                        _RdKafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, patience: float = 60.0
+                ) -> tuple[int, int]:
+    """(low, high) offsets of ``tp``, waiting out retriable errors: a topic the worker has just
+    created is not led by its broker for a moment (NOT_LEADER_FOR_PARTITION), nor is a
+    partition whose leader is moving."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return consumer.get_watermark_offsets(tp, timeout=30)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if ((err.code() not in _TRANSIENT and not err.retriable())
+                    or time.monotonic() >= deadline):
+                raise KafkaError(f"offsets of {tp.topic}[{tp.partition}]: {err.str()}") from None
+            log.info("offsets of %s[%d] not available yet (%s); retrying", tp.topic,
+                     tp.partition, err.str())
+            time.sleep(0.1)
 
 
 def _describe(partitions: list[TopicPartition]) -> str:
