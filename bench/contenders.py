@@ -21,14 +21,13 @@ Adding a contender: write ``bench/peers/<name>_count.py`` to that contract and a
 ``.cache/bench-venvs/<name>/`` and pip-installs the requirements there, so a peer's pins never
 touch the project venv.
 
-The ``fraudstream`` entry is the hook for our own runtime: it is enabled once ``stream.runtime``
-is importable and ``bench/peers/fraudstream_count.py`` exists (a thin app, to the contract above,
-over the runtime's keyed stage with one windowed count feature). Until then ``--list`` shows it
-as unavailable with the reason, and runs skip it. One caution for that app: the harness
-watches progress through the output topic's high watermarks and reads the output back with the
-default isolation, which assumes a non-transactional producer (transaction markers take offsets
-too). Run it at-least-once for this comparison, or teach ``bench/harness.py`` to count records
-read_committed before measuring it exactly-once.
+Our own runtime runs twice: ``fraudstream`` (``bench/peers/fraudstream_count.py``, a thin app
+over ``stream.runtime.Worker``: one keyed stage, one windowed count feature, an emitter for the
+output) at-least-once like every peer, and ``fraudstream-eos``, the same app exactly-once.
+Transactional output needs care from the harness, which watches progress through the output's
+high watermarks: commit markers take offsets and aborted records stay in the log, so watermarks
+over-count. A contender with ``exactly_once=True`` is therefore watched by consuming its output
+read_committed and counting records (the read-back after each run is read_committed for all).
 """
 
 from __future__ import annotations
@@ -62,6 +61,7 @@ class Contender:
     default: bool = True            # part of a run when no --contenders are named
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     venv: str = ""                  # venv folder under .cache/bench-venvs/; defaults to name
+    exactly_once: bool = False      # transactional output: count and read it read_committed
 
     @property
     def venv_name(self) -> str:
@@ -117,7 +117,14 @@ def contenders() -> tuple[Contender, ...]:
             name="fraudstream", script="fraudstream_count.py", group="bench-fraudstream",
             state="fraudstream state store (RocksDB) + changelog",
             requirements=None, dists=("fraudstream", "confluent-kafka", "rocksdict"),
-            needs_module="stream.runtime",
+            needs_module="stream.runtime", extra_args=("--guarantee", "at_least_once"),
+        ),
+        Contender(
+            name="fraudstream-eos", script="fraudstream_count.py", group="bench-fraudstream-eos",
+            state="fraudstream state store (RocksDB) + changelog, exactly-once",
+            requirements=None, dists=("fraudstream", "confluent-kafka", "rocksdict"),
+            needs_module="stream.runtime", extra_args=("--guarantee", "exactly_once"),
+            exactly_once=True,
         ),
     )
 

@@ -15,7 +15,12 @@ What one run does, in order:
    moment the output holds N records (each contender emits one output per input), and the wall
    time from process start to that moment. Afterwards it also waits until the group's committed
    offsets reach the end of the input (recorded, not used for the rate, because commit intervals
-   would blur the short runs);
+   would blur the short runs). A contender that runs exactly-once (``Contender.exactly_once``)
+   writes transactions, whose commit markers take offsets and whose aborted records stay in the
+   log, so high watermarks over-count: its progress is counted by consuming the output
+   read_committed instead. Every output is read back read_committed (librdkafka's default),
+   so the stamps are append times of committed records; the commit of the last transaction,
+   milliseconds here, is not in the processing time;
 6. stops the app (SIGTERM to the process group it started, SIGKILL after a grace period), deletes
    that run's output and internal topics, and after the last run stops the broker;
 7. writes the results as JSON (``bench/results/peers-latest.json``; ``--quick`` writes to
@@ -239,7 +244,7 @@ def run_one(cfg: Config, c: Contender, python: Path, bootstrap: str, rnd: int,
            "--commit-interval", str(cfg.commit_interval), "--partitions", str(cfg.partitions),
            *c.extra_args]
     log_path = LOGS / f"{c.name}-r{rnd}.log"
-    watch = _Watcher(bootstrap, cfg.partitions)
+    watch = _Watcher(bootstrap, cfg.partitions, read_committed=c.exactly_once)
     load1 = os.getloadavg()[0]
     with open(log_path, "wb") as log_file:
         t0, t0_wall = time.monotonic(), time.time()
@@ -300,18 +305,29 @@ def run_one(cfg: Config, c: Contender, python: Path, bootstrap: str, rnd: int,
 
 
 class _Watcher:
-    """Reads high watermarks and committed offsets from outside the app under test."""
+    """Counts an app's output and reads committed offsets from outside the app under test.
 
-    def __init__(self, bootstrap: str, partitions: int) -> None:
+    ``read_committed``: the app writes transactions. High watermarks would count commit markers
+    (one offset per partition per transaction) and aborted records, so the output is consumed
+    read_committed and its records counted.
+    """
+
+    def __init__(self, bootstrap: str, partitions: int, read_committed: bool = False) -> None:
         from confluent_kafka import Consumer
 
         self._consumer_cls = Consumer
         self.bootstrap = bootstrap
         self.partitions = partitions
+        self.read_committed = read_committed
         self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-watch",
                                   "enable.auto.commit": False})
+        self._counter = None  # the read_committed consumer counting one topic's records
+        self._counted = 0
 
     def count(self, topic: str) -> int:
+        """Records in ``topic`` so far (committed ones only under read_committed)."""
+        if self.read_committed:
+            return self._count_committed(topic)
         from confluent_kafka import KafkaException, TopicPartition
 
         total = 0
@@ -323,6 +339,21 @@ class _Watcher:
                 return 0
             total += high
         return total
+
+    def _count_committed(self, topic: str) -> int:
+        from confluent_kafka import TopicPartition
+
+        if self._counter is None:
+            self._counter = self._consumer_cls({
+                "bootstrap.servers": self.bootstrap, "group.id": "bench-watch-committed",
+                "enable.auto.commit": False, "isolation.level": "read_committed",
+                "fetch.wait.max.ms": 100})
+            self._counter.assign([TopicPartition(topic, p, 0) for p in range(self.partitions)])
+        while True:  # take what is fetched already; the caller polls again soon
+            msgs = self._counter.consume(10_000, 0)
+            if not msgs:
+                return self._counted
+            self._counted += sum(1 for m in msgs if m.error() is None)
 
     def wait_committed(self, group: str, topic: str, n: int, timeout: float, t0: float
                        ) -> float | None:
@@ -353,7 +384,7 @@ class _Watcher:
         from confluent_kafka import Consumer, TopicPartition
 
         reader = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "bench-verify",
-                           "enable.auto.commit": False})
+                           "enable.auto.commit": False, "isolation.level": "read_committed"})
         try:
             reader.assign([TopicPartition(topic, p, 0) for p in range(self.partitions)])
             total = seen = 0
@@ -375,6 +406,8 @@ class _Watcher:
 
     def close(self) -> None:
         self.consumer.close()
+        if self._counter is not None:
+            self._counter.close()
 
 
 def _stop(proc: subprocess.Popen, grace: float = 30.0) -> None:
