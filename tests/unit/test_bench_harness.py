@@ -72,9 +72,23 @@ def test_registry_has_the_baseline_and_the_fraudstream_hook() -> None:
 
 def test_docstring_examples() -> None:
     import doctest
+    import importlib.util
 
     import bench.harness
     import bench.report
 
-    for module in (bench.report, bench.harness):
+    # The fraudstream contender is a script in bench/peers/ (not a package): load it by path.
+    script = by_name("fraudstream").script_path
+    spec = importlib.util.spec_from_file_location("fraudstream_count", script)
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+    for module in (bench.report, bench.harness, app):
         assert doctest.testmod(module).failed == 0, module.__name__
+
+
+def test_our_runtime_runs_both_guarantees() -> None:
+    alo, eos = by_name("fraudstream"), by_name("fraudstream-eos")
+    assert alo.script == eos.script and alo.unavailable() is None
+    assert (alo.exactly_once, eos.exactly_once) == (False, True)
+    assert alo.extra_args == ("--guarantee", "at_least_once")
+    assert eos.extra_args == ("--guarantee", "exactly_once")
