@@ -38,6 +38,19 @@ def read_topic(settings: Settings, topic: str, expected: int | None = None,
         consumer.close()
 
 
+def group_offsets(settings: Settings, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """(committed offsets of ``settings.group_id``, end offsets) per partition of ``topic``."""
+    c = Consumer(settings.consumer_config(settings.group_id))
+    try:
+        parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
+        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in range(settings.partitions)}
+    finally:
+        c.close()
+    return committed, ends
+
+
 def headers_of(msg: Message) -> dict[str, bytes]:
     return {k: v for k, v in (msg.headers() or [])}
 

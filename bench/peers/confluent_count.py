@@ -17,23 +17,18 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 from time import monotonic
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # contract.py beside each app
+from contract import contract_parser  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--group", required=True)
-    p.add_argument("--state-dir", required=True, help="unused: state is a dict in memory")
-    p.add_argument("--window-ms", type=int, default=60_000)
-    p.add_argument("--grace-ms", type=int, default=10_000)
-    p.add_argument("--commit-interval", type=float, default=1.0)
-    p.add_argument("--partitions", type=int, help="unused: part of the common contract")
+    p = contract_parser(__doc__.splitlines()[0], state_dir_help="unused: state is a dict in memory")
     return p.parse_args(argv)
 
 

@@ -17,23 +17,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from datetime import timedelta
 
 import faust
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # contract.py beside each app
+from contract import contract_parser  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--group", required=True)
-    p.add_argument("--state-dir", required=True)
-    p.add_argument("--window-ms", type=int, default=60_000)
-    p.add_argument("--grace-ms", type=int, default=10_000)
-    p.add_argument("--commit-interval", type=float, default=1.0)
-    p.add_argument("--partitions", type=int, required=True,
-                   help="partitions of the input topic (Faust's table changelog must match)")
+    p = contract_parser(__doc__.splitlines()[0], partitions_required=True,
+                        partitions_help="partitions of the input topic (Faust's table changelog "
+                                        "must match)")
     p.add_argument("--store", choices=("rocksdb", "memory"), default="rocksdb")
     p.add_argument("--log-level", default="warn", help="Faust worker log level (debug, info...)")
     return p.parse_args(argv)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any, Mapping
 
 from features.definitions import Feature, FeatureSet
@@ -36,19 +37,14 @@ from stream.logs import configure as configure_logging
 from stream.runtime import Worker
 from stream.settings import Settings
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # contract.py beside each app
+from contract import contract_parser  # noqa: E402
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bootstrap", required=True)
-    p.add_argument("--input", required=True)
-    p.add_argument("--output", required=True)
-    p.add_argument("--group", required=True)
-    p.add_argument("--state-dir", required=True)
-    p.add_argument("--window-ms", type=int, default=60_000)
-    p.add_argument("--grace-ms", type=int, default=10_000)
-    p.add_argument("--commit-interval", type=float, default=1.0)
-    p.add_argument("--partitions", type=int, required=True,
-                   help="partitions of the input and output topics (the changelog gets as many)")
+    p = contract_parser(__doc__.splitlines()[0], partitions_required=True,
+                        partitions_help="partitions of the input and output topics (the "
+                                        "changelog gets as many)")
     p.add_argument("--guarantee", choices=("at_least_once", "exactly_once"),
                    default="at_least_once")
     p.add_argument("--log-level", default="WARNING")

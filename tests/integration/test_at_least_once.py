@@ -12,27 +12,12 @@ import subprocess
 import sys
 import time
 
-from confluent_kafka import Consumer, TopicPartition
-
 from stream.demo import generate_events
 from stream.events import decode_score
 from stream.publisher import EventPublisher
 from stream.settings import Settings
 from stream.topics import ensure_topics
-from tests.kafka_util import FAST_FAILOVER, process_env, read_topic
-
-
-def _offsets(s: Settings) -> tuple[dict[int, int], dict[int, int]]:
-    """(committed, end) offsets of the events topic for the worker group."""
-    c = Consumer(s.consumer_config(s.group_id))
-    try:
-        parts = [TopicPartition(s.topic_events, p) for p in range(s.partitions)]
-        committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
-        ends = {p: c.get_watermark_offsets(TopicPartition(s.topic_events, p), timeout=10)[1]
-                for p in range(s.partitions)}
-    finally:
-        c.close()
-    return committed, ends
+from tests.kafka_util import FAST_FAILOVER, group_offsets, process_env, read_topic
 
 
 def _start(s: Settings, name: str, log) -> subprocess.Popen:
@@ -61,10 +46,10 @@ def test_offsets_are_committed_while_running_and_every_event_scored_once(kafka_s
             scores = read_topic(s, s.topic_scores, expected=len(events), timeout=90, idle=0.5)
             # No shutdown yet: the loop itself commits once the outputs are acknowledged.
             deadline = time.monotonic() + 20
-            committed, ends = _offsets(s)
+            committed, ends = group_offsets(s, s.topic_events)
             while committed != ends and time.monotonic() < deadline:
                 time.sleep(0.2)
-                committed, ends = _offsets(s)
+                committed, ends = group_offsets(s, s.topic_events)
             assert committed == ends and sum(ends.values()) == len(events)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
@@ -101,5 +86,5 @@ def test_sigkill_loses_no_event(kafka_settings, tmp_path):
             assert proc.wait(30) == 0
         finally:
             _stop(proc)
-    committed, ends = _offsets(s)
+    committed, ends = group_offsets(s, s.topic_events)
     assert committed == ends

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-from confluent_kafka import Consumer, TopicPartition
 
 from stream import wire
 from stream.demo import generate_events
@@ -15,7 +14,7 @@ from stream.events import decode_score
 from stream.publisher import EventPublisher
 from stream.topics import ensure_topics
 from stream.runtime import Worker
-from tests.kafka_util import headers_of, process_env, read_topic
+from tests.kafka_util import group_offsets, headers_of, process_env, read_topic
 
 N_VALID = 400
 
@@ -115,14 +114,7 @@ def test_worker_process_sigterm_commits_and_exits_cleanly(kafka_settings, tmp_pa
     assert f"scored {len(events)}" in output
 
     # Every consumed offset was committed: the group's offsets equal the end of each partition.
-    c = Consumer(s.consumer_config(s.group_id))
-    try:
-        parts = [TopicPartition(s.topic_events, p) for p in range(s.partitions)]
-        committed = {tp.partition: tp.offset for tp in c.committed(parts, timeout=10)}
-        ends = {p: c.get_watermark_offsets(TopicPartition(s.topic_events, p), timeout=10)[1]
-                for p in range(s.partitions)}
-    finally:
-        c.close()
+    committed, ends = group_offsets(s, s.topic_events)
     assert committed == ends
     assert sum(ends.values()) == len(events)
 
