@@ -11,6 +11,12 @@ would fit that noise) and ``a >= min_slope > 0``, so calibration never inverts t
 models inflate on purpose (class weighting, under-sampling) are mapped back to frequencies. An
 optional ``decay`` (< 1) multiplies the bins at each refit so the calibration follows drift.
 
+A model whose raw score is already meant as a probability (``needs_calibration = False`` on the
+registry model, as the default's is) gets a :class:`PassThrough` instead (:func:`calibrator_for`):
+it counts labels and returns the raw score. Platt scaling learns from labels in the order they
+arrive; when fraud is confirmed within days and legitimate events only after weeks, that order
+over-represents fraud for the first weeks, and the fitted map moves with it (docs/models.md).
+
 **Decisions** (:class:`DecisionPolicy`): ``block`` if ``p >= block``, else ``review`` if ``p >=
 review``, else ``approve`` (as ``docs/events.md`` says); thresholds default to 0.5 and 0.9 and can
 be set per merchant.
@@ -39,7 +45,8 @@ from typing import Mapping
 
 from online_models.exceptions import ModelConfigError
 
-__all__ = ["PlattCalibrator", "Thresholds", "DecisionPolicy", "reason_codes", "DECISIONS"]
+__all__ = ["PlattCalibrator", "PassThrough", "calibrator_for", "Thresholds", "DecisionPolicy",
+           "reason_codes", "DECISIONS"]
 
 DECISIONS = ("approve", "review", "block")
 _EPS = 1e-6
@@ -142,6 +149,42 @@ class PlattCalibrator:
             self.count = [c * d for c in self.count]
             self.pos = [c * d for c in self.pos]
             self.zsum = [c * d for c in self.zsum]
+
+
+class PassThrough:
+    """The calibrator of a model whose raw score is used as is: counts labels, maps nothing.
+
+    It has :class:`PlattCalibrator`'s attributes (``fitted`` is always ``False``, ``a = 1``,
+    ``b = 0``) so snapshots and ``models show`` treat both alike.
+
+    >>> cal = PassThrough()
+    >>> cal.learn_one(0.8, True)
+    >>> cal.predict_one(0.8), cal.n, cal.n_pos, cal.fitted
+    (0.8, 1, 1, False)
+    """
+
+    fitted = False
+    a, b = 1.0, 0.0
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.n_pos = 0
+
+    def predict_one(self, raw: float) -> float:
+        return raw
+
+    def learn_one(self, raw: float, y: bool) -> None:
+        self.n += 1
+        if y:
+            self.n_pos += 1
+
+
+def calibrator_for(model: object, **params: float) -> "PlattCalibrator | PassThrough":
+    """:class:`PassThrough` for a model with ``needs_calibration = False``, else a
+    :class:`PlattCalibrator` with ``params``."""
+    if not getattr(model, "needs_calibration", True):
+        return PassThrough()
+    return PlattCalibrator(**params)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

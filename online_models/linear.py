@@ -32,10 +32,11 @@ import math
 
 from river import base
 
-__all__ = ["ScaledLogisticRegression"]
+__all__ = ["ScaledLogisticRegression", "sigmoid"]
 
 
-def _sigmoid(z: float) -> float:
+def sigmoid(z: float) -> float:
+    """The logistic function, without overflow for large |z|."""
     if z >= 0:
         return 1.0 / (1.0 + math.exp(-z))
     e = math.exp(z)
@@ -74,11 +75,11 @@ class ScaledLogisticRegression(base.Classifier):
         return False
 
     # ------------------------------------------------------------------ scoring
-    def raw_one(self, x: dict) -> float:
-        """The log-odds for ``x`` (no learning)."""
+    def raw_one(self, x: dict, offset: float = 0.0) -> float:
+        """The log-odds for ``x`` (no learning); ``offset`` is added (see :meth:`learn_one`)."""
         state = self._state
         clip = self.clip
-        dot = self.bias
+        dot = self.bias + offset
         for k, v in x.items():
             s = state.get(k)
             if s is None or v is None:
@@ -93,7 +94,7 @@ class ScaledLogisticRegression(base.Classifier):
 
     def proba_true(self, x: dict) -> float:
         """``P(y = True | x)`` as a float (the fast path the registry uses)."""
-        return _sigmoid(self.raw_one(x))
+        return sigmoid(self.raw_one(x))
 
     def predict_proba_one(self, x: dict) -> dict[bool, float]:
         p = self.proba_true(x)
@@ -112,11 +113,13 @@ class ScaledLogisticRegression(base.Classifier):
             out[k] = s[3] * z
         return out
 
-    def proba_and_top(self, x: dict, k: int) -> tuple[float, list[tuple[str, float]]]:
-        """``P(y = True | x)`` and the ``k`` largest positive contributions, in one pass."""
+    def proba_and_top(self, x: dict, k: int, offset: float = 0.0
+                      ) -> tuple[float, list[tuple[str, float]]]:
+        """``P(y = True | x)`` and the ``k`` largest positive contributions, in one pass
+        (``offset`` as in :meth:`raw_one`; it is not a contribution)."""
         state = self._state
         clip = self.clip
-        dot = self.bias
+        dot = self.bias + offset
         pos: list[tuple[float, str]] = []
         for name, v in x.items():
             s = state.get(name)
@@ -136,14 +139,17 @@ class ScaledLogisticRegression(base.Classifier):
             del pos[k:]
         else:
             pos.sort(reverse=True)
-        return _sigmoid(dot), [(name, c) for c, name in pos]
+        return sigmoid(dot), [(name, c) for c, name in pos]
 
     # ------------------------------------------------------------------ learning
     def pos_weight(self) -> float:
         """The weight a positive example gets now (see the module docstring)."""
         return min(self.max_pos_weight, math.sqrt((self.n_neg + 1) / (self.n_pos + 1)))
 
-    def learn_one(self, x: dict, y: bool, w: float = 1.0) -> None:  # type: ignore[override]
+    def learn_one(self, x: dict, y: bool, w: float = 1.0,  # type: ignore[override]
+                  offset: float = 0.0) -> None:
+        """One weighted SGD step. ``offset`` is a fixed log-odds added to the model's (a prior:
+        the model then learns a correction to it); pass the same one to :meth:`raw_one`."""
         if y:
             w *= self.pos_weight()
             self.n_pos += 1
@@ -151,7 +157,7 @@ class ScaledLogisticRegression(base.Classifier):
             self.n_neg += 1
         # One SGD step on the log loss with the standardisation as it was before this example,
         # then fold the example into the running means and variances (Welford), in one pass.
-        sg = self.lr * (_sigmoid(self.raw_one(x)) - (1.0 if y else 0.0)) * w
+        sg = self.lr * (sigmoid(self.raw_one(x, offset)) - (1.0 if y else 0.0)) * w
         decay = 1.0 - self.lr * self.l2
         clip = self.clip
         state = self._state

@@ -45,7 +45,7 @@ import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from online_models.calibration import PlattCalibrator
+from online_models.calibration import calibrator_for
 from online_models.exceptions import ModelConfigError
 from online_models.labels import KeyValue
 from online_models.registry import FraudModel, build
@@ -80,8 +80,8 @@ class MerchantModel:
     def __init__(self, merchant_id: str, model: FraudModel, min_labels: int = 50) -> None:
         self.merchant_id = merchant_id
         self.model = model
-        self.calibrator = PlattCalibrator(n_bins=24, refit_every=32,
-                                          min_labels=min(50, min_labels))
+        self.calibrator = calibrator_for(model, n_bins=24, refit_every=32,
+                                         min_labels=min(50, min_labels))
         self.n = 0
         self.last_event_time = 0
 

@@ -4,22 +4,31 @@ Every model is a :class:`FraudModel`: a small adapter with one calling conventio
 estimators, so the scorer, the per-merchant models, the trainer and the backtest treat them alike:
 
 - ``prepare_one(x)`` returns the vector the model scores *and later learns from*: a new dict
-  (never ``x`` itself) that may carry derived inputs such as the anomaly score. The scorer stores
-  exactly this dict under the event id, so a delayed label trains on what was scored.
+  (never ``x`` itself) that may carry derived inputs such as the prior's log-odds or the anomaly
+  score. The scorer stores exactly this dict under the event id, so a delayed label trains on
+  what was scored.
 - ``score_one(v)`` returns the raw probability of fraud for a prepared vector (no learning).
 - ``learn_one(v, y)`` learns from a prepared vector and a boolean label; it never modifies ``v``.
-- ``explain_one(v)`` returns ``{feature: contribution}`` (log-odds shares of the logistic part,
-  see :mod:`online_models.linear`), or ``{}`` for models without a linear part.
+- ``explain_one(v)`` returns ``{feature: contribution}`` (log-odds shares, see
+  :mod:`online_models.linear`), or ``{}`` for models without a linear part.
+- ``needs_calibration``: whether the scorer maps the raw score through a learned Platt
+  calibrator (:func:`online_models.calibration.calibrator_for`) before using it as a probability.
 
 Specs (``names()``):
 
 ``default``
-    ``anomaly_hst`` (compact half-space trees over the features, learned from every labelled
-    event without using its label) is added to the vector; the score is
-    ``0.6 * logreg + 0.4 * hat`` on that vector. Why: see ``docs/models.md``.
+    :class:`PriorLogReg`: the log-odds of the fixed scorecard :class:`online_models.prior.RulePrior`
+    (stored in the vector as ``prior_logit``) plus a learned logistic correction
+    (:class:`online_models.linear.ScaledLogisticRegression`, step 0.001, square-root class
+    weights). Untrained, it scores with the prior; its raw score is used as is (no Platt step).
+    Why: see ``docs/models.md`` (backtests with delayed labels).
 ``logreg``
-    Fused standardisation + logistic regression with square-root class weighting
-    (:class:`online_models.linear.ScaledLogisticRegression`); the per-merchant default.
+    Fused standardisation + logistic regression with square-root class weighting, from zero
+    (:class:`online_models.linear.ScaledLogisticRegression`, step 0.01); the per-merchant default.
+``blend``
+    The default until 2026-11-28 (``default-1``): ``anomaly_hst`` (compact half-space trees over
+    the features, learned from every labelled event without using its label) is added to the
+    vector; the score is ``0.6 * logreg + 0.4 * hat`` on that vector.
 ``river-logreg``
     River's own ``StandardScaler | LogisticRegression`` under ``imblearn.RandomUnderSampler``
     (reference implementation; slower).
@@ -29,11 +38,13 @@ Specs (``names()``):
     Compact half-space trees alone, unsupervised: the anomaly score is the raw score.
 
 >>> m = build("default", seed=1)
->>> (m.name, m.version)
-('default', 'default-1')
->>> v = m.prepare_one({"amount": 12.0, "user_txn_count_1h": 1.0})
+>>> (m.name, m.version, m.needs_calibration)
+('default', 'default-2', False)
+>>> v = m.prepare_one({"amount": 12.0, "user_txn_count_1m": 3.0})
 >>> sorted(v)
-['amount', 'anomaly_hst', 'user_txn_count_1h']
+['amount', 'prior_logit', 'user_txn_count_1m']
+>>> round(m.score_one(v), 4)           # untrained: the prior alone
+0.06
 >>> m.learn_one(v, False)
 >>> 0.0 <= m.score_one(v) <= 1.0
 True
@@ -48,12 +59,16 @@ from river import compose, imblearn, linear_model, optim, preprocessing, tree
 
 from online_models.anomaly import CompactHalfSpaceTrees
 from online_models.exceptions import UnknownModelError
-from online_models.linear import ScaledLogisticRegression
+from online_models.linear import ScaledLogisticRegression, sigmoid
+from online_models.prior import RulePrior
 
-__all__ = ["FraudModel", "ModelSpec", "ANOMALY_FEATURE", "build", "get_spec", "names", "register"]
+__all__ = ["FraudModel", "ModelSpec", "ANOMALY_FEATURE", "PRIOR_FEATURE", "PriorLogReg", "build",
+           "get_spec", "names", "register"]
 
-#: Name of the derived anomaly-score input the default model adds to each vector.
+#: Name of the derived anomaly-score input the ``blend`` model adds to each vector.
 ANOMALY_FEATURE = "anomaly_hst"
+#: Name of the prior's log-odds, which the default model adds to each vector.
+PRIOR_FEATURE = "prior_logit"
 
 
 class FraudModel:
@@ -61,6 +76,7 @@ class FraudModel:
 
     name: str = ""
     version: str = ""
+    needs_calibration: bool = True
 
     def prepare_one(self, x: dict) -> dict:
         return dict(x)
@@ -131,8 +147,59 @@ class Anomaly(FraudModel):
         self.detector.learn_one(v)
 
 
+class PriorLogReg(FraudModel):
+    """The default: the prior's log-odds plus a learned logistic correction.
+
+    ``logit P(fraud | v) = prior_logit + bias + sum(weight * standardised value)``, where
+    ``prior_logit`` (:class:`online_models.prior.RulePrior`) is computed once by
+    :meth:`prepare_one` and stored in the vector, so a delayed label learns with the offset the
+    event was scored with. The correction also sees ``prior_logit`` as an input, so it can scale
+    the prior up or down. It starts at zero: an untrained model is the prior. A vector without
+    ``prior_logit`` (prepared by another spec, e.g. when this is a per-merchant model) gets the
+    prior computed from its features.
+
+    The raw score is the probability as trained, so there is no Platt step
+    (``needs_calibration = False``); positives weigh up to 10 times more in training, so it
+    over-states the odds of fraud by up to that factor, the same at every point in time.
+
+    Explanations: per feature, the prior's term plus the correction's ``weight * standardised
+    value`` (the correction's share on ``prior_logit`` itself is not a feature and is left out).
+    """
+
+    needs_calibration = False
+
+    def __init__(self, name: str, version: str, prior: RulePrior | None = None,
+                 **params: float) -> None:
+        self.name, self.version = name, version
+        self.prior = prior if prior is not None else RulePrior()
+        self.model = ScaledLogisticRegression(**params)
+
+    def prepare_one(self, x: dict) -> dict:
+        v = dict(x)
+        v[PRIOR_FEATURE] = self.prior.logit(x)
+        return v
+
+    def _offset(self, v: dict) -> float:
+        offset = v.get(PRIOR_FEATURE)
+        return self.prior.logit(v) if offset is None else offset
+
+    def score_one(self, v: dict) -> float:
+        return sigmoid(self.model.raw_one(v, self._offset(v)))
+
+    def learn_one(self, v: dict, y: bool) -> None:
+        self.model.learn_one(v, bool(y), offset=self._offset(v))
+
+    def explain_one(self, v: dict) -> dict[str, float]:
+        out = {name: c for name, _, c in self.prior.terms(v)}
+        for name, c in self.model.contributions(v).items():
+            if name != PRIOR_FEATURE:
+                out[name] = out.get(name, 0.0) + c
+        return out
+
+
 class Blend(FraudModel):
-    """The default: anomaly score as an input, then a weighted mean of logreg and HAT."""
+    """The ``blend`` spec (the default until ``default-2``): anomaly score as an input, then a
+    weighted mean of logreg and HAT. Kept so ``default-1`` snapshots still load."""
 
     def __init__(self, name: str, version: str, seed: int, w_logreg: float = 0.6) -> None:
         self.name, self.version = name, version
@@ -206,10 +273,13 @@ def register(spec: ModelSpec) -> None:
 
 
 for _spec in (
-    ModelSpec("default", "default-1", "HST anomaly input; 0.6 logreg + 0.4 HAT",
-              lambda n, v, s: Blend(n, v, s)),
+    ModelSpec("default", "default-2", "rule prior's log-odds plus a learned logistic correction "
+              "(step 0.001, sqrt class weights); no Platt step",
+              lambda n, v, s: PriorLogReg(n, v, lr=0.001)),
     ModelSpec("logreg", "logreg-1", "fused standardised logistic regression, sqrt class weights",
               lambda n, v, s: LogReg(n, v)),
+    ModelSpec("blend", "blend-1", "default-1: HST anomaly input; 0.6 logreg + 0.4 HAT",
+              lambda n, v, s: Blend(n, v, s)),
     ModelSpec("river-logreg", "river-logreg-1", "River StandardScaler|LogisticRegression, undersampled",
               _river_logreg),
     ModelSpec("hat", "hat-1", "River Hoeffding adaptive tree, undersampled to 10% positives", _hat),

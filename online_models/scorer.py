@@ -45,7 +45,8 @@ from __future__ import annotations
 import pickle
 from dataclasses import dataclass, field
 
-from online_models.calibration import DecisionPolicy, PlattCalibrator, reason_codes
+from online_models.calibration import (DecisionPolicy, PassThrough, PlattCalibrator,
+                                       calibrator_for, reason_codes)
 from online_models.exceptions import SnapshotError
 from online_models.labels import (DEFAULT_TTL_MS, JOINED, Example, KeyValue, Snapshot,
                                   SnapshotStore)
@@ -61,14 +62,18 @@ _MAGIC = b"FSGM1\n"
 class GlobalModel:
     """A registry model plus its calibrator, with a version label and a learned-examples count.
 
+    The calibrator is a :class:`PlattCalibrator`, or a :class:`PassThrough` for models whose raw
+    score is used as is (``needs_calibration = False``, the default spec).
+
     The default version label is ``"<spec version>.<n_learned>"``; a trainer publishing snapshots
     may set its own with :meth:`set_version`.
     """
 
-    def __init__(self, model: FraudModel, calibrator: PlattCalibrator | None = None,
+    def __init__(self, model: FraudModel, calibrator: PlattCalibrator | PassThrough | None = None,
                  version: str | None = None) -> None:
         self.model = model
-        self.calibrator = calibrator if calibrator is not None else PlattCalibrator()
+        # A Platt calibrator unless the model's raw score is used as is (calibrator_for).
+        self.calibrator = calibrator if calibrator is not None else calibrator_for(model)
         self.n_learned = 0
         self._version = version
 

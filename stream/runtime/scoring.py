@@ -110,48 +110,23 @@ class ModelScorer:
         self._s.load_challenger(model)
 
 
-# Weights on log1p(feature) (counts, amounts) or the raw value (ratios, z-scores). Missing features
-# are skipped, so any feature set works; unknown ones carry no weight.
-_WEIGHTS = {
-    "user_txn_count_1m": 0.9,
-    "user_txn_count_5m": 0.6,
-    "user_txn_count_1h": 0.35,
-    "user_txn_zscore_amount_7d": 0.35,
-    "user_txn_ratio_to_mean_amount_7d": 0.15,
-    "user_txn_distinct_merchant_1d": 0.3,
-    "user_txn_distinct_country_7d": 0.4,
-    "user_txn_distinct_device_7d": 0.3,
-    "card_txn_count_1h": 0.4,
-    "card_txn_distinct_merchant_1d": 0.3,
-    "merchant_txn_fraud_rate_30d_delay7d": 4.0,
-    "user_merchant_txn_count_30d": -0.25,
-}
-_LOG_SCALED = ("count", "distinct", "sum")
-_BIAS = -4.0
-
-
 class HeuristicScorer:
+    """The fixed scorecard :class:`online_models.prior.RulePrior` alone: the default model's
+    prior, without the learned correction."""
+
     version = "heuristic-1"
     monitor = None  # learns nothing, so nothing to evaluate
 
+    def __init__(self) -> None:
+        from online_models.prior import RulePrior
+
+        self._prior = RulePrior()
+
     def score(self, features: Mapping[str, Any], event: Mapping[str, Any]) -> Outcome:
-        z = _BIAS
-        contributions = []
-        for name, weight in _WEIGHTS.items():
-            value = features.get(name)
-            if value is None or type(value) is bool:
-                continue
-            x = float(value)
-            if any(tag in name for tag in _LOG_SCALED):
-                x = math.log1p(max(x, 0.0))
-            elif not math.isfinite(x):
-                continue
-            c = weight * x
-            z += c
-            if c > 0:
-                contributions.append((c, name, value))
-        score = 1.0 / (1.0 + math.exp(-max(-50.0, min(50.0, z))))
-        contributions.sort(key=lambda item: (-item[0], item[1]))
+        terms = self._prior.terms(features)
+        score = 1.0 / (1.0 + math.exp(-self._prior.logit(features, terms)))
+        contributions = sorted(((c, name, value) for name, value, c in terms if c > 0),
+                               key=lambda item: (-item[0], item[1]))
         reasons = [{"feature": name, "value": value, "contribution": round(c, 4)}
                    for c, name, value in contributions[:3]]
         return Outcome(round(score, 6), None, self.version, reasons)

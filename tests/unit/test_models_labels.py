@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import pytest
@@ -43,14 +44,14 @@ def test_labels_days_later_learn_from_the_stored_snapshot_not_recomputed_feature
     scored_vector = scorer.snapshots.get("e1").vector
     live_features["user_txn_count_1h"] = 9.0   # what a recomputation 3 days later would see
     live_features["amount"] = 9999.0
-    for i in range(30):                          # more traffic meanwhile (changes the HST too)
+    for i in range(30):                          # more traffic meanwhile
         scorer.score({"user_txn_count_1h": float(i), "amount": 5.0 * i}, "m1", f"x{i}",
                      event_time=DAY_MS + i)
     out = scorer.learn("e1", is_fraud=True, label_time=3 * DAY_MS)
     assert out.status == "joined"
     assert rec.learned == [(scored_vector, True)]
     assert scored_vector["user_txn_count_1h"] == 1.0 and scored_vector["amount"] == 20.0
-    assert "anomaly_hst" in scored_vector
+    assert scored_vector["prior_logit"] == pytest.approx(-4.0 + 0.35 * math.log(2.0))
     assert out.example.snapshot.score == r.score
     assert out.example.delay_ms == 3 * DAY_MS
 
@@ -118,7 +119,7 @@ def test_global_snapshot_round_trip_and_swap_during_score():
     assert rec.versions["global"] == old_version
     assert scorer.snapshots.get("mid").global_version == old_version
     rec2 = scorer.score({"amount": 3.0}, "m1", "after", event_time=101)
-    assert rec2.versions["global"] == "default-1.0"
+    assert rec2.versions["global"] == "default-2.0"
 
 
 def test_bad_snapshot_is_rejected():
@@ -145,10 +146,10 @@ def test_worker_mode_returns_examples_for_the_trainer():
 def test_challenger_runs_in_shadow_and_can_be_promoted():
     scorer = Scorer.create("logreg", challenger="default", merchant_spec=None)
     rec = scorer.score({"amount": 3.0}, "m1", "e1", event_time=0)
-    assert rec.versions["challenger"] == "default-1.0" and rec.challenger_score is not None
+    assert rec.versions["challenger"] == "default-2.0" and rec.challenger_score is not None
     scorer.learn("e1", True, 10)
     assert scorer.challenger.n_learned == 1
-    assert scorer.promote_challenger() == "default-1.1"
+    assert scorer.promote_challenger() == "default-2.1"
     assert scorer.challenger is None
 
 

@@ -75,7 +75,7 @@ def test_unknown_spec_lists_known_ones():
         registry.build("nope")
 
 
-def test_reasons_are_top_positive_contributions_of_the_linear_part():
+def test_reasons_are_top_positive_contributions_of_prior_and_correction():
     m = _train(registry.build("default", seed=1))
     v = m.prepare_one(EVENTS[650].features)
     contrib = m.explain_one(v)
@@ -83,11 +83,33 @@ def test_reasons_are_top_positive_contributions_of_the_linear_part():
     assert p == m.score_one(v)
     expected = sorted(((c, f) for f, c in contrib.items() if c > 0), reverse=True)[:3]
     assert top == [(f, c) for c, f in expected]
-    # contribution = weight * standardised value (clipped), per the documented method
-    lr = m.logreg
-    f, c = top[0]
-    n, mean, m2, w, inv = lr._state[f]
-    assert c == pytest.approx(w * max(-lr.clip, min(lr.clip, (v[f] - mean) / (m2 / n) ** 0.5)))
+    assert registry.PRIOR_FEATURE not in contrib
+    # contribution = the prior's term + the correction's weight * standardised value (clipped)
+    prior_terms = {f: c for f, _, c in m.prior.terms(v)}
+    lr = m.model
+    for f in ("user_txn_count_1h", "amount"):
+        n, mean, m2, w, inv = lr._state[f]
+        z = max(-lr.clip, min(lr.clip, (v[f] - mean) / (m2 / n) ** 0.5))
+        assert contrib[f] == pytest.approx(prior_terms.get(f, 0.0) + w * z)
+
+
+def test_default_starts_as_the_prior_and_learns_a_correction_to_it():
+    from online_models.linear import sigmoid
+    from online_models.prior import RulePrior
+
+    m = registry.build("default", seed=1)
+    vectors = [m.prepare_one(e.features) for e in EVENTS[:50]]
+    prior = RulePrior()
+    assert [m.score_one(v) for v in vectors] == [sigmoid(prior.logit(e.features))
+                                                 for e in EVENTS[:50]]
+    _train(m)
+    assert [m.score_one(v) for v in vectors] != [sigmoid(prior.logit(e.features))
+                                                 for e in EVENTS[:50]]
+    # the offset is the one stored in the vector, not recomputed from its features
+    v = dict(vectors[0])
+    shifted = dict(v, **{registry.PRIOR_FEATURE: v[registry.PRIOR_FEATURE] + 1.0})
+    assert m.score_one(shifted) != m.score_one(v)
+    assert not m.needs_calibration and registry.build("logreg").needs_calibration
 
 
 def test_merchant_model_pickles_compactly():
