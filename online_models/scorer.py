@@ -15,8 +15,8 @@ Per event, :meth:`Scorer.score` (predict, never learn):
 
 Per label, :meth:`Scorer.learn` joins the stored snapshot (counting unknown, expired and duplicate
 labels) and, in this order: updates the quality monitor with the scores *as they were stored*
-(progressive validation), learns the merchant model, the challenger and (when
-``learn_global``) the global model and its calibrator, all from the stored vectors. It returns a
+(progressive validation), learns the merchant model (when ``learn_merchants``), the challenger
+and (when ``learn_global``) the global model and its calibrator, all from the stored vectors. It returns a
 :class:`LearnOutcome` whose ``example`` is what a worker sends to the trainer when the global
 model is learned elsewhere (``learn_global=False``); the trainer calls
 :meth:`GlobalModel.learn` with it. The streaming worker and the backtest both call exactly these two
@@ -155,7 +155,8 @@ class Scorer:
     def __init__(self, global_model: GlobalModel, snapshots: SnapshotStore,
                  merchants: MerchantModels | None = None, policy: DecisionPolicy | None = None,
                  monitor: QualityMonitor | None = None, challenger: GlobalModel | None = None,
-                 learn_global: bool = True, n_reasons: int = 3) -> None:
+                 learn_global: bool = True, n_reasons: int = 3,
+                 learn_merchants: bool = True) -> None:
         self._global = global_model
         self._challenger = challenger
         self.snapshots = snapshots
@@ -163,6 +164,9 @@ class Scorer:
         self.policy = policy if policy is not None else DecisionPolicy()
         self.monitor = monitor if monitor is not None else QualityMonitor()
         self.learn_global = learn_global
+        # False freezes the per-merchant models (and their calibrators) as they are; they still
+        # score. Labels still join and count.
+        self.learn_merchants = learn_merchants
         self.n_reasons = n_reasons
 
     @classmethod
@@ -263,7 +267,7 @@ class Scorer:
         y = bool(is_fraud)
         example = Example(snap, y, label_time)
         drifts = self._evaluate(example)
-        if snap.merchant_id is not None and self.merchants is not None:
+        if snap.merchant_id is not None and self.merchants is not None and self.learn_merchants:
             self.merchants.learn(snap.merchant_id, snap.vector, y, snap.event_time)
         c = self._challenger
         if c is not None and snap.challenger_vector is not None:

@@ -51,7 +51,7 @@ import gc
 import math
 import time
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -120,6 +120,10 @@ class BacktestOptions:
     partitions: int = 1
     seed: int = 42                                # online models' seed
     learn_global: bool = True                     # False: global model as created (no trainer)
+    # Stop all model learning (global and per-merchant models, their calibrators) this long after
+    # the first event: labels from then on still join, count and reach the features.
+    freeze_after_ms: int | None = None
+    merchant_models: bool | None = None           # None: the ``merchant_models`` setting
     max_bytes: int = DEFAULT_MAX_BYTES
 
 
@@ -172,10 +176,12 @@ class _Scoring:
     the shared global model at once (:meth:`online_models.scorer.GlobalModel.learn`, the
     trainer's call), so the next event is scored with it: prequential, with no publishing delay.
     ``learn_global=False`` keeps the global model as created (a stream without a trainer).
+    :meth:`freeze` stops all learning from then on (``--freeze-after``): the shared global model
+    and every task's per-merchant models, including tasks made later.
     """
 
     def __init__(self, name: str, seed: int, settings: Settings,
-                 learn_global: bool = True) -> None:
+                 learn_global: bool = True, merchant_models: bool = True) -> None:
         if name not in model_names():
             raise ConfigError(f"--model: unknown model {name!r} "
                               f"(one of {', '.join(model_names())})")
@@ -187,6 +193,8 @@ class _Scoring:
 
             self.global_model = GlobalModel.create(name, seed)
         self.learn_global = learn_global and self.global_model is not None
+        self.merchant_models = merchant_models
+        self.frozen_at: int | None = None
         self.version = HEURISTIC if self.global_model is None else self.global_model.version
         # Labels park like the worker's (stream.runtime.worker): not for the heuristic.
         self.parks_labels = name != HEURISTIC
@@ -198,9 +206,19 @@ class _Scoring:
         """The scorer of one last-stage task (``store`` is the task's store)."""
         s = self.settings
         scorer = make_scorer(self.name, store, s.review_threshold, s.block_threshold,
-                             self.global_model, s.merchant_threshold_map())
+                             self.global_model, s.merchant_threshold_map(),
+                             merchant_models=self.merchant_models)
+        if self.frozen_at is not None:
+            scorer.freeze()
         self._scorers.append(scorer)
         return scorer
+
+    def freeze(self, at: int) -> None:
+        """From event-time ``at`` on, nothing learns: the global model (the trainer's part) and
+        every task's per-merchant models. Labels still join and reach the features."""
+        self.frozen_at = at
+        for scorer in self._scorers:
+            scorer.freeze()
 
     def score(self, scorer: Any, merged: dict, event: dict) -> float:
         out = scorer.score(merged, event)
@@ -213,7 +231,7 @@ class _Scoring:
         if self.global_model is None:
             return status
         self.statuses[status] = self.statuses.get(status, 0) + 1
-        if example is not None and self.learn_global:
+        if example is not None and self.learn_global and self.frozen_at is None:
             from online_models.labels import Example
 
             self.global_model.learn(Example.from_dict(example))
@@ -226,7 +244,9 @@ class _Scoring:
             return {}
         return {"labels": dict(sorted(self.statuses.items())), "parked": self.parked,
                 "global_model": self.global_model.version,
-                "global_learning": self.learn_global}
+                "global_learning": self.learn_global,
+                "merchant_models": self.merchant_models,
+                "frozen_at": None if self.frozen_at is None else _iso_time(self.frozen_at)}
 
 
 # ---------------------------------------------------------------------- the event path
@@ -335,8 +355,13 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
     timeline = build_timeline(events, labels)
     fs = opts.feature_set or default_feature_set()
     topology = Topology.build(settings, fs)
-    scoring = _Scoring(opts.model, opts.seed, settings, opts.learn_global)
+    merchant_models = (settings.merchant_models if opts.merchant_models is None
+                       else opts.merchant_models)
+    scoring = _Scoring(opts.model, opts.seed, settings, opts.learn_global, merchant_models)
     path = _EventPath(topology, opts.partitions, scoring)
+    freeze_at = None
+    if opts.freeze_after_ms is not None and len(events):
+        freeze_at = int(np.frombuffer(events.times, dtype=np.int64).min()) + opts.freeze_after_ms
     n_events = len(events)
     event_ids: list[str] = []
     user_ids: list[str] = []
@@ -361,6 +386,9 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
     score_event, learn_label = path.event, path.label
     try:
         for i in range(total):
+            if freeze_at is not None and item_times[i] >= freeze_at:
+                scoring.freeze(freeze_at)
+                freeze_at = None
             if kinds[i] == 0:
                 event = decode_event(payloads[i], max_bytes).to_dict()
                 score = score_event(event)
@@ -551,8 +579,15 @@ def _slice_metrics(s: np.ndarray, y: np.ndarray, budgets: tuple[float, ...]) -> 
 
 
 def compute_report(result: BacktestResult, budgets: tuple[float, ...] = (0.01, 0.005),
-                   top_k: tuple[int, ...] = (10,), top_merchants: int = 10) -> dict[str, Any]:
-    """Every metric of the backtest as a JSON-ready dict (see docs/backtest.md)."""
+                   top_k: tuple[int, ...] = (10,), top_merchants: int = 10,
+                   merchant_slices: Mapping[str, Collection[str]] | None = None,
+                   since: int | None = None) -> dict[str, Any]:
+    """Every metric of the backtest as a JSON-ready dict (see docs/backtest.md).
+
+    ``merchant_slices`` (name -> merchant ids) adds ``report["merchant_slices"][name]``: the
+    overall metrics on the labelled events of those merchants. ``since`` (epoch ms) adds
+    ``report["since"]``: the overall metrics on labelled events at or after that event time.
+    """
     known = result.labels >= 0
     s, y = result.scores[known], result.labels[known].astype(bool)
     t = result.event_times[known]
@@ -587,6 +622,16 @@ def compute_report(result: BacktestResult, budgets: tuple[float, ...] = (0.01, 0
         row.update(_slice_metrics(s[mask], y[mask], budgets[:1]))
         report["weekly"].append(row)
     merchants = np.array([m or "" for m in result.merchant_ids], dtype=object)
+    if merchant_slices:
+        report["merchant_slices"] = {}
+        for name, ids in merchant_slices.items():
+            mask = np.isin(merchants[known], list(ids))
+            row = {"merchants": len(set(ids))}
+            row.update(_slice_metrics(s[mask], y[mask], budgets))
+            report["merchant_slices"][name] = row
+    if since is not None:
+        report["since"] = {"from": _iso_time(since)}
+        report["since"].update(_slice_metrics(s[t >= since], y[t >= since], budgets))
     volume: dict[str, int] = {}
     for m in result.merchant_ids:
         if m is not None:

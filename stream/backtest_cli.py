@@ -38,6 +38,18 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
+def _duration(text: str | None, what: str) -> int | None:
+    from features.exceptions import FeatureError
+    from features.windows import parse_duration
+
+    if text is None:
+        return None
+    try:
+        return parse_duration(text, what)
+    except FeatureError as exc:
+        raise click.BadParameter(str(exc), param_hint=what) from None
+
+
 @click.command("backtest")
 @click.argument("log", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -59,6 +71,15 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 @click.option("--frozen-global", is_flag=True,
               help="Never learn the global model (a stream without a trainer); per-merchant "
                    "models still learn.")
+@click.option("--freeze-after", metavar="DURATION",
+              help="Stop all model learning (global and per-merchant models) this long after "
+                   "the first event, e.g. 14d or 3w: the online model against itself frozen.")
+@click.option("--evaluate-from", metavar="DURATION",
+              help="Also report the metrics on the labelled events from this long after the "
+                   "first event on (e.g. the --freeze-after point, for both runs).")
+@click.option("--no-merchant-models", is_flag=True,
+              help="Score with the global model alone: no per-merchant models (default: the "
+                   "merchant_models setting, on unless configured).")
 @click.option("--partitions", type=click.IntRange(min=1),
               help="Partitions per stage, as the topics have them (default: settings).")
 @click.option("--budget", "budgets", default="0.01,0.005", show_default=True,
@@ -79,7 +100,9 @@ def _ints(text: str, what: str) -> tuple[int, ...]:
 def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str, ...],
              sets: tuple[str, ...], labels_maps: tuple[str, ...], tz: str | None,
              fmt: str | None, features_file: str | None, model: str | None,
-             frozen_global: bool, partitions: int | None,
+             frozen_global: bool, freeze_after: str | None, evaluate_from: str | None,
+             no_merchant_models: bool,
+             partitions: int | None,
              budgets: str, top_k: str, top_merchants: int, seed: int, out_dir: Path,
              scores_out: str | None, progress: bool | None) -> None:
     """Score LOG offline with the streaming feature and model code, prequentially, and report.
@@ -107,6 +130,8 @@ def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str
     budget_values = _floats(budgets, "--budget")
     k_values = _ints(top_k, "--top-k")
     model = model or s.model_name
+    freeze_after_ms = _duration(freeze_after, "--freeze-after")
+    evaluate_from_ms = _duration(evaluate_from, "--evaluate-from")
     if model not in model_names():
         raise click.BadParameter(f"unknown model {model!r} (one of {', '.join(model_names())})",
                                  param_hint="--model")
@@ -121,6 +146,8 @@ def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str
         raise click.UsageError(str(exc)) from None
     opts = BacktestOptions(log=log, labels=labels, mapping=mapping, labels_mapping=labels_mapping,
                            fmt=fmt, feature_set=fs, model=model, learn_global=not frozen_global,
+                           freeze_after_ms=freeze_after_ms,
+                           merchant_models=False if no_merchant_models else None,
                            partitions=partitions or s.partitions, seed=seed,
                            max_bytes=s.max_message_bytes)
     show_bar = sys.stderr.isatty() if progress is None else progress
@@ -134,7 +161,10 @@ def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str
     rejected = result.events_rejected + result.labels_rejected
     if rejected > len(result.rejects):
         click.echo(f"... {rejected - len(result.rejects)} more rejected", err=True)
-    report = compute_report(result, budget_values, k_values, top_merchants)
+    since = None
+    if evaluate_from_ms is not None and len(result):
+        since = int(result.event_times.min()) + evaluate_from_ms
+    report = compute_report(result, budget_values, k_values, top_merchants, since=since)
     paths = write_report(out_dir, result, report)
     for line in summary_lines(report):
         click.echo(line)

@@ -126,6 +126,19 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     for u in report["user_topk"]:
         lines.append(f"users: precision at top-{u['k']} per day {_fmt(u['mean_precision'])} "
                      f"(mean of {len(u['days'])} days; pooled {_fmt(u['precision'])})")
+    since = report.get("since")
+    if since:
+        b = since["budgets"][0] if since["budgets"] else None
+        lines.append(f"from {since['from']} ({since['n']:,} labelled, {since['fraud']:,} fraud): "
+                     f"ROC AUC {_fmt(since['roc_auc'])}, average precision "
+                     f"{_fmt(since['average_precision'])}"
+                     + (f", precision at {b['budget']:.2%} {_fmt(b['precision'])}" if b else ""))
+    learning = report.get("learning") or {}
+    if learning.get("frozen_at") or learning.get("merchant_models") is False:
+        lines.append("model: " + ", ".join(
+            ([f"learning frozen from {learning['frozen_at']}"] if learning.get("frozen_at")
+             else []) + (["no per-merchant models"] if learning.get("merchant_models") is False
+                         else [])))
     lines.append(f"speed: {sp['events_per_second']:,.0f} events/s scoring "
                  f"({sp['run_seconds']:.1f}s; loading {sp['load_seconds']:.1f}s)")
     return lines

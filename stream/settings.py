@@ -111,6 +111,9 @@ class Settings:
     # Per-merchant overrides: "MERCHANT=REVIEW:BLOCK,..." e.g. "m7=0.3:0.6,m9=0.6:0.95".
     merchant_thresholds: str = ""
     model_name: str = "default"
+    # Per-merchant models (docs/models.md): learned from each merchant's labels in the worker and
+    # blended with the global model's score once trusted. False: the global model alone.
+    merchant_models: bool = True
     # Feature definitions (TOML, see docs/features.md); empty means the default set.
     features_file: str | None = None
     # How often (wall-clock seconds) each task's store is swept for entities idle beyond their

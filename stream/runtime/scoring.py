@@ -54,6 +54,10 @@ class Scorer(Protocol):
     def flush(self) -> None:
         """Write dirty per-merchant state into the store (called before changelogs)."""
 
+    def freeze(self) -> None:
+        """Stop learning from labels from now on (the backtest's ``--freeze-after``); labels
+        still join. A no-op for fixed scorers."""
+
     def load_global(self, model: Any) -> None:
         """Swap in a new global model (a decoded snapshot); no-op for fixed scorers."""
 
@@ -64,19 +68,23 @@ class ModelScorer:
     The global model is shared by every task of the worker and only ever replaced (by a snapshot
     the trainer published), never learned here; snapshots of scored vectors and per-merchant
     models live in the task's store, so they are changelogged and restored with the partition.
+    ``merchant_models=False`` scores with the global model alone (no per-merchant models are
+    made, stored or blended).
     """
 
     def __init__(self, spec: str, store: StateStore, review: float, block: float,
                  global_model: Any | None = None,
                  per_merchant: Mapping[str, tuple[float, float]] | None = None,
-                 budget: float = 0.01) -> None:
+                 budget: float = 0.01, merchant_models: bool = True) -> None:
         from online_models.calibration import DecisionPolicy, Thresholds
         from online_models.scorer import Scorer as _Scorer
 
         policy = DecisionPolicy(Thresholds(review, block),
                                 {m: Thresholds(r, b) for m, (r, b) in (per_merchant or {}).items()})
+        # The per-merchant spec is online_models' default; None makes no merchant models.
+        no_merchants = {} if merchant_models else {"merchant_spec": None}
         self._s = _Scorer.create(spec, kv=store, learn_global=False, write_through=False,
-                                 policy=policy, budget=budget)
+                                 policy=policy, budget=budget, **no_merchants)
         if global_model is not None:
             self._s.load_global(global_model)
 
@@ -102,6 +110,15 @@ class ModelScorer:
 
     def flush(self) -> None:
         self._s.flush()
+
+    def freeze(self) -> None:
+        """Stop learning: per-merchant models stay as they are (labels still join, and their
+        examples are still returned for the trainer). The backtest's ``--freeze-after``."""
+        self._s.learn_merchants = False
+
+    @property
+    def merchant_models(self) -> bool:
+        return self._s.merchants is not None
 
     def load_global(self, model: Any) -> None:
         self._s.load_global(model)
@@ -137,6 +154,9 @@ class HeuristicScorer:
     def flush(self) -> None:
         return None
 
+    def freeze(self) -> None:
+        return None
+
     def load_global(self, model: Any) -> None:
         return None
 
@@ -144,10 +164,12 @@ class HeuristicScorer:
 def make_scorer(model_name: str, store: StateStore, review: float, block: float,
                 global_model: Any | None = None,
                 per_merchant: Mapping[str, tuple[float, float]] | None = None,
-                budget: float = 0.01) -> Scorer:
+                budget: float = 0.01, merchant_models: bool = True) -> Scorer:
     """The scorer for one task of the last stage (``per_merchant``: merchant -> (review,
     block) thresholds that win over the global ones; ``budget``: the review budget its quality
-    monitor measures precision and recall at)."""
+    monitor measures precision and recall at; ``merchant_models``: the setting of that name,
+    whether per-merchant models are learned and blended in)."""
     if model_name == "heuristic":
         return HeuristicScorer()  # its decisions come from the runtime's thresholds
-    return ModelScorer(model_name, store, review, block, global_model, per_merchant, budget)
+    return ModelScorer(model_name, store, review, block, global_model, per_merchant, budget,
+                       merchant_models)

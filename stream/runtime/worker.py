@@ -834,7 +834,8 @@ class Worker(Stoppable):
         if stage is self.topology.last and self._emitter is None:
             s = self.settings
             scorer = make_scorer(s.model_name, store, s.review_threshold, s.block_threshold,
-                                 self._global_model, s.merchant_threshold_map(), s.review_budget)
+                                 self._global_model, s.merchant_threshold_map(),
+                                 budget=s.review_budget, merchant_models=s.merchant_models)
             if self._challenger is not None and isinstance(scorer, ModelScorer):
                 scorer.load_challenger(self._challenger)
         task = Task(stage, partition, store, scorer)
