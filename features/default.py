@@ -49,7 +49,9 @@ DEFAULT_FEATURES: tuple[Feature, ...] = (
     _txn("distinct", USER, "7d", "device_id"),
     _txn("distinct", USER, "7d", "country"),
     _txn("time_since_last", USER),
-    # merchant: load, amount profile, breadth of customers, known fraud
+    # merchant: load, amount profile, breadth of customers, known fraud. The fraud count needs
+    # only fraud labels (days); the rate's denominator needs the legitimate ones too, which
+    # arrive when an event matures (about 14 days), so its window ends 15 days back.
     _txn("count", MERCHANT, "1h"),
     _txn("count", MERCHANT, "24h"),
     _txn("mean", MERCHANT, "7d", "amount"),
@@ -57,7 +59,7 @@ DEFAULT_FEATURES: tuple[Feature, ...] = (
     _txn("distinct", MERCHANT, "1h", "user_id"),
     _txn("distinct", MERCHANT, "24h", "user_id"),
     _txn("fraud_count", MERCHANT, "30d", delay="7d"),
-    _txn("fraud_rate", MERCHANT, "30d", delay="7d"),
+    _txn("fraud_rate", MERCHANT, "30d", delay="15d"),
     # user x merchant: familiarity
     _txn("count", PAIR, "24h"),
     _txn("count", PAIR, "30d"),

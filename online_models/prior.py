@@ -44,7 +44,7 @@ WEIGHTS: Mapping[str, float] = {
     "user_txn_distinct_device_7d": 0.3,
     "card_txn_count_1h": 0.4,
     "card_txn_distinct_merchant_1d": 0.3,
-    "merchant_txn_fraud_rate_30d_delay7d": 4.0,
+    "merchant_txn_fraud_rate_30d_delay15d": 4.0,
     "user_merchant_txn_count_30d": -0.25,
 }
 #: Log-odds of an event with no activity at all (about 1.8 %).

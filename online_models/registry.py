@@ -19,7 +19,7 @@ Specs (``names()``):
 ``default``
     :class:`PriorLogReg`: the log-odds of the fixed scorecard :class:`online_models.prior.RulePrior`
     (stored in the vector as ``prior_logit``) plus a learned logistic correction
-    (:class:`online_models.linear.ScaledLogisticRegression`, step 0.001, square-root class
+    (:class:`online_models.linear.ScaledLogisticRegression`, step 0.0003, square-root class
     weights). Untrained, it scores with the prior; its raw score is used as is (no Platt step).
     Why: see ``docs/models.md`` (backtests with delayed labels).
 ``logreg``
@@ -274,8 +274,8 @@ def register(spec: ModelSpec) -> None:
 
 for _spec in (
     ModelSpec("default", "default-2", "rule prior's log-odds plus a learned logistic correction "
-              "(step 0.001, sqrt class weights); no Platt step",
-              lambda n, v, s: PriorLogReg(n, v, lr=0.001)),
+              "(step 0.0003, sqrt class weights); no Platt step",
+              lambda n, v, s: PriorLogReg(n, v, lr=0.0003)),
     ModelSpec("logreg", "logreg-1", "fused standardised logistic regression, sqrt class weights",
               lambda n, v, s: LogReg(n, v)),
     ModelSpec("blend", "blend-1", "default-1: HST anomaly input; 0.6 logreg + 0.4 HAT",

@@ -38,7 +38,7 @@ FEATURES = [
     "user_txn_distinct_country_7d", "user_txn_time_since_last", "merchant_txn_count_1h",
     "merchant_txn_count_1d", "merchant_txn_mean_amount_7d", "merchant_txn_zscore_amount_7d",
     "merchant_txn_distinct_user_1h", "merchant_txn_distinct_user_1d",
-    "merchant_txn_fraud_count_30d_delay7d", "merchant_txn_fraud_rate_30d_delay7d",
+    "merchant_txn_fraud_count_30d_delay7d", "merchant_txn_fraud_rate_30d_delay15d",
     "user_merchant_txn_count_1d", "user_merchant_txn_count_30d",
     "user_merchant_txn_sum_amount_30d", "user_merchant_txn_time_since_last", "card_txn_count_1h",
     "card_txn_count_1d", "card_txn_distinct_merchant_1d", "card_txn_distinct_user_7d",
