@@ -181,7 +181,7 @@ class _Scoring:
     """
 
     def __init__(self, name: str, seed: int, settings: Settings,
-                 learn_global: bool = True, merchant_models: bool = True) -> None:
+                 learn_global: bool = True, merchant_models: bool = False) -> None:
         if name not in model_names():
             raise ConfigError(f"--model: unknown model {name!r} "
                               f"(one of {', '.join(model_names())})")

@@ -77,9 +77,9 @@ def _duration(text: str | None, what: str) -> int | None:
 @click.option("--evaluate-from", metavar="DURATION",
               help="Also report the metrics on the labelled events from this long after the "
                    "first event on (e.g. the --freeze-after point, for both runs).")
-@click.option("--no-merchant-models", is_flag=True,
-              help="Score with the global model alone: no per-merchant models (default: the "
-                   "merchant_models setting, on unless configured).")
+@click.option("--merchant-models/--no-merchant-models", default=None,
+              help="Learn per-merchant models and blend them in, or score with the global model "
+                   "alone (default: the merchant_models setting, off unless configured).")
 @click.option("--partitions", type=click.IntRange(min=1),
               help="Partitions per stage, as the topics have them (default: settings).")
 @click.option("--budget", "budgets", default="0.01,0.005", show_default=True,
@@ -101,7 +101,7 @@ def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str
              sets: tuple[str, ...], labels_maps: tuple[str, ...], tz: str | None,
              fmt: str | None, features_file: str | None, model: str | None,
              frozen_global: bool, freeze_after: str | None, evaluate_from: str | None,
-             no_merchant_models: bool,
+             merchant_models: bool | None,
              partitions: int | None,
              budgets: str, top_k: str, top_merchants: int, seed: int, out_dir: Path,
              scores_out: str | None, progress: bool | None) -> None:
@@ -147,7 +147,7 @@ def backtest(ctx: click.Context, log: Path, labels: Path | None, maps: tuple[str
     opts = BacktestOptions(log=log, labels=labels, mapping=mapping, labels_mapping=labels_mapping,
                            fmt=fmt, feature_set=fs, model=model, learn_global=not frozen_global,
                            freeze_after_ms=freeze_after_ms,
-                           merchant_models=False if no_merchant_models else None,
+                           merchant_models=merchant_models,
                            partitions=partitions or s.partitions, seed=seed,
                            max_bytes=s.max_message_bytes)
     show_bar = sys.stderr.isatty() if progress is None else progress

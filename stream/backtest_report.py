@@ -134,11 +134,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"{_fmt(since['average_precision'])}"
                      + (f", precision at {b['budget']:.2%} {_fmt(b['precision'])}" if b else ""))
     learning = report.get("learning") or {}
-    if learning.get("frozen_at") or learning.get("merchant_models") is False:
+    if learning:
         lines.append("model: " + ", ".join(
-            ([f"learning frozen from {learning['frozen_at']}"] if learning.get("frozen_at")
-             else []) + (["no per-merchant models"] if learning.get("merchant_models") is False
-                         else [])))
+            (["per-merchant models blended in"] if learning.get("merchant_models")
+             else ["global model alone (no per-merchant models)"])
+            + ([f"learning frozen from {learning['frozen_at']}"] if learning.get("frozen_at")
+               else [])))
     lines.append(f"speed: {sp['events_per_second']:,.0f} events/s scoring "
                  f"({sp['run_seconds']:.1f}s; loading {sp['load_seconds']:.1f}s)")
     return lines

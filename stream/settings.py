@@ -112,8 +112,9 @@ class Settings:
     merchant_thresholds: str = ""
     model_name: str = "default"
     # Per-merchant models (docs/models.md): learned from each merchant's labels in the worker and
-    # blended with the global model's score once trusted. False: the global model alone.
-    merchant_models: bool = True
+    # blended with the global model's score once trusted. Off by default: in backtests with
+    # delayed labels they did not beat the global model alone (docs/models.md has the numbers).
+    merchant_models: bool = False
     # Feature definitions (TOML, see docs/features.md); empty means the default set.
     features_file: str | None = None
     # How often (wall-clock seconds) each task's store is swept for entities idle beyond their

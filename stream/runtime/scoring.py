@@ -68,14 +68,15 @@ class ModelScorer:
     The global model is shared by every task of the worker and only ever replaced (by a snapshot
     the trainer published), never learned here; snapshots of scored vectors and per-merchant
     models live in the task's store, so they are changelogged and restored with the partition.
-    ``merchant_models=False`` scores with the global model alone (no per-merchant models are
-    made, stored or blended).
+    ``merchant_models=True`` (the setting of that name) learns per-merchant models in the task
+    and blends them in; otherwise the global model scores alone and no per-merchant model is
+    made, stored or blended.
     """
 
     def __init__(self, spec: str, store: StateStore, review: float, block: float,
                  global_model: Any | None = None,
                  per_merchant: Mapping[str, tuple[float, float]] | None = None,
-                 budget: float = 0.01, merchant_models: bool = True) -> None:
+                 budget: float = 0.01, merchant_models: bool = False) -> None:
         from online_models.calibration import DecisionPolicy, Thresholds
         from online_models.scorer import Scorer as _Scorer
 
@@ -164,7 +165,7 @@ class HeuristicScorer:
 def make_scorer(model_name: str, store: StateStore, review: float, block: float,
                 global_model: Any | None = None,
                 per_merchant: Mapping[str, tuple[float, float]] | None = None,
-                budget: float = 0.01, merchant_models: bool = True) -> Scorer:
+                budget: float = 0.01, merchant_models: bool = False) -> Scorer:
     """The scorer for one task of the last stage (``per_merchant``: merchant -> (review,
     block) thresholds that win over the global ones; ``budget``: the review budget its quality
     monitor measures precision and recall at; ``merchant_models``: the setting of that name,

@@ -335,3 +335,93 @@ def test_cli_rejects_unknown_model(tmp_path):
     result = CliRunner().invoke(main, ["backtest", str(ev), "--model", "nope",
                                        "--out-dir", str(tmp_path / "r")])
     assert result.exit_code == 2 and "unknown model" in result.output
+
+
+# ---------------------------------------------------------------------- --freeze-after, merchants
+def _label_free_features():
+    """The default set without label-aware features: labels then only reach the models."""
+    from features.definitions import LABEL_AGGREGATIONS, FeatureSet
+
+    fs = default_feature_set()
+    return FeatureSet(tuple(f for f in fs.features if f.agg not in LABEL_AGGREGATIONS),
+                      grace=fs.grace, ttl=fs.ttl)
+
+
+def _merchant_sim(tmp_path: Path) -> tuple[Path, Path, list[dict]]:
+    # Few merchants, labels within half a day: per-merchant models are trusted (200 labels)
+    # well before the freeze point, so both the global and the merchant models matter.
+    sim = simulate(SimConfig(events=3000, days=6, fraud_rate=0.04, seed=31, users=120,
+                             merchants=4, maturity_days=0.5, id_prefix="fz"))
+    ev, lab = tmp_path / "events.jsonl", tmp_path / "labels.jsonl"
+    write_jsonl(sim.iter_events(), ev)
+    labels = sim.labels
+    write_jsonl(labels, lab)
+    return ev, lab, labels
+
+
+def test_freeze_after_stops_all_learning_at_that_point(tmp_path):
+    """Frozen after T scores exactly like a run that never received the labels after T (with
+    features that do not read labels), and unlike the online run: neither the global nor any
+    per-merchant model learns from then on."""
+    ev, lab, labels = _merchant_sim(tmp_path)
+    s, fs = Settings.load(env={}), _label_free_features()
+    t_first = min(wire.loads(line)["event_time"] for line in ev.read_bytes().splitlines())
+    freeze = 3 * DAY
+    early = tmp_path / "early-labels.jsonl"
+    write_jsonl([x for x in labels if x["label_time"] < t_first + freeze], early)
+
+    opts = dict(feature_set=fs, partitions=1, merchant_models=True)
+    frozen = run_backtest(BacktestOptions(log=ev, labels=lab, freeze_after_ms=freeze, **opts), s)
+    truncated = run_backtest(BacktestOptions(log=ev, labels=early, **opts), s)
+    online = run_backtest(BacktestOptions(log=ev, labels=lab, **opts), s)
+    assert frozen.event_ids == truncated.event_ids == online.event_ids
+    assert np.array_equal(frozen.scores, truncated.scores)
+    after = frozen.event_times >= t_first + freeze
+    assert after.sum() > 500
+    assert not np.array_equal(frozen.scores[after], online.scores[after])
+    assert np.array_equal(frozen.scores[~after], online.scores[~after])
+    # Labels after the freeze still joined (and counted); the global model stopped learning.
+    n_early = sum(1 for x in labels if x["label_time"] < t_first + freeze)
+    assert frozen.learn_stats["labels"]["joined"] == len(labels) > n_early
+    assert frozen.learn_stats["global_model"] == f"default-2.{n_early}"
+    assert frozen.learn_stats["frozen_at"] is not None
+    assert online.learn_stats["frozen_at"] is None
+
+
+def test_merchant_models_option_and_setting(tmp_path):
+    ev, lab, _ = _merchant_sim(tmp_path)
+    s = Settings.load(env={})
+    assert s.merchant_models is False  # off unless configured
+    run = lambda **kw: run_backtest(BacktestOptions(log=ev, labels=lab, partitions=1, **kw), s)  # noqa: E731
+    without = run()
+    with_mm = run(merchant_models=True)
+    assert without.learn_stats["merchant_models"] is False
+    assert with_mm.learn_stats["merchant_models"] is True
+    assert not np.array_equal(without.scores, with_mm.scores)
+    # The setting turns them on; the option wins over the setting.
+    on = Settings.load(env={"FRAUDSTREAM_MERCHANT_MODELS": "true"})
+    assert on.merchant_models is True
+    from_setting = run_backtest(BacktestOptions(log=ev, labels=lab, partitions=1), on)
+    assert np.array_equal(from_setting.scores, with_mm.scores)
+    forced_off = run_backtest(BacktestOptions(log=ev, labels=lab, partitions=1,
+                                              merchant_models=False), on)
+    assert np.array_equal(forced_off.scores, without.scores)
+
+
+def test_cli_freeze_after_and_no_merchant_models(tmp_path):
+    ev, lab = _sim(tmp_path, events=800, seed=12, days=14)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(main, [
+        "backtest", str(ev), "--labels", str(lab), "--freeze-after", "7d", "--evaluate-from",
+        "7d", "--no-merchant-models", "--out-dir", str(out), "--no-progress"],
+        catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "learning frozen from 2026-01-12" in result.output
+    assert "global model alone (no per-merchant models)" in result.output
+    report = wire.loads((out / "report.json").read_bytes())
+    assert report["learning"]["merchant_models"] is False
+    assert report["since"]["from"].startswith("2026-01-12")
+    assert 0 < report["since"]["n"] < report["overall"]["n"]
+    bad = CliRunner().invoke(main, ["backtest", str(ev), "--freeze-after", "two weeks",
+                                    "--out-dir", str(out)])
+    assert bad.exit_code == 2 and "--freeze-after" in bad.output

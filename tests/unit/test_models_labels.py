@@ -173,3 +173,39 @@ def test_merchant_models_blend_after_n_labels_and_survive_the_store():
     scorer.merchants.clear_cache()
     r2 = scorer.score({"amount": 4.0}, "m1", "c", event_time=54)
     assert r2.score == r.score
+
+
+def test_frozen_merchant_models_keep_scoring_but_stop_learning():
+    kv = MemoryKV()
+    scorer = Scorer.create("logreg", kv=kv, blend=BlendRule(min_labels=20, half_trust=20))
+    for i in range(40):
+        scorer.score({"amount": float(i % 5)}, "m1", f"e{i}", event_time=i)
+        scorer.learn(f"e{i}", i % 5 == 4, i + 1)
+    before = pickle.dumps(scorer.merchants.get("m1"))
+    probe = scorer.score({"amount": 4.0}, "m1", "p0", event_time=100)
+    scorer.learn_merchants = False
+    scorer.learn_global = False
+    for i in range(40, 80):
+        scorer.score({"amount": float(i % 5)}, "m1", f"e{i}", event_time=100 + i)
+        out = scorer.learn(f"e{i}", True, 200 + i)
+        assert out.status == "joined" and out.example is not None  # still sent to a trainer
+    assert pickle.dumps(scorer.merchants.get("m1")) == before
+    again = scorer.score({"amount": 4.0}, "m1", "p1", event_time=300)
+    assert again.score == probe.score and again.versions["merchant"] == "logreg-1/m1/40"
+    assert scorer.global_model.n_learned == 40
+
+
+def test_default_model_scores_are_used_uncalibrated():
+    from online_models.calibration import PassThrough, PlattCalibrator
+
+    g = GlobalModel.create("default")
+    assert isinstance(g.calibrator, PassThrough)
+    assert isinstance(GlobalModel.create("logreg").calibrator, PlattCalibrator)
+    scorer = Scorer(g, SnapshotStore(MemoryKV()), merchants=None)
+    for i in range(300):
+        rec = scorer.score({"amount": float(i % 7), "user_txn_count_1m": float(i % 3)}, "m1",
+                           f"e{i}", event_time=i)
+        assert rec.score == rec.raw                       # no mapping, at any point
+        scorer.learn(f"e{i}", i % 7 == 6, i + 1)
+    assert g.calibrator.n == 300 and g.calibrator.n_pos == 42 and not g.calibrator.fitted
+    assert GlobalModel.from_bytes(g.to_bytes()).calibrator.n == 300

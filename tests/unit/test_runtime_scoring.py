@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from online_models.scorer import GlobalModel
 from stream.runtime.scoring import HeuristicScorer, ModelScorer, make_scorer
 from stream.state import open_store
@@ -75,3 +77,31 @@ def test_malformed_merchant_thresholds_are_config_errors():
     for bad in ("m1=0.5", "m1=0.9:0.2", "=0.1:0.2", "m1=a:b"):
         with pytest.raises(ConfigError, match="merchant_thresholds"):
             Settings.load(env={}, overrides={"merchant_thresholds": bad})
+
+
+def test_no_merchant_models_never_makes_or_uses_one():
+    store = open_store("memory")
+    scorer = make_scorer("default", store, 0.5, 0.9, merchant_models=False)
+    trusted = make_scorer("default", open_store("memory"), 0.5, 0.9, merchant_models=True)
+    assert not scorer.merchant_models and trusted.merchant_models
+    for i in range(260):  # past the 200 labels after which a merchant model is blended in
+        event = dict(EVENT, event_id=f"e{i}", event_time=EVENT["event_time"] + i)
+        features = dict(FEATURES, amount=float(i % 9))
+        a, b = scorer.score(features, event), trusted.score(features, event)
+        label = {"event_id": f"e{i}", "is_fraud": i % 9 == 8,
+                 "label_time": event["event_time"] + 1}
+        assert scorer.learn(label)[0] == "joined" == trusted.learn(label)[0]
+        assert "+" not in a.version
+    assert "+" in b.version                                # the other one did blend by now
+    scorer.flush()
+    assert not any(key.startswith(b"mm:") for key, _ in store.items())
+
+
+def test_heuristic_scorer_is_the_default_models_prior():
+    from online_models.prior import RulePrior
+
+    out = HeuristicScorer().score(FEATURES, EVENT)
+    z = RulePrior().logit(FEATURES)
+    assert out.score == round(1.0 / (1.0 + math.exp(-z)), 6)
+    assert out.score == round(GlobalModel.create("default").model.score_one(
+        GlobalModel.create("default").model.prepare_one(FEATURES)), 6)
