@@ -7,9 +7,9 @@ delayed labels (legitimate events labelled after a 14-day maturity, fraud confir
 later, some never), and :func:`stream.backtest.compute_report` (its metrics). Each seed is one
 simulated stream; tables give the mean and the standard deviation over seeds.
 
-    .venv/bin/python bench/bench_model_evidence.py specs       # default vs the registry and ablations
-    .venv/bin/python bench/bench_model_evidence.py frozen      # online vs frozen after --freeze-after
-    .venv/bin/python bench/bench_model_evidence.py merchants   # per-merchant models vs global only
+    .venv/bin/python bench/bench_model_evidence.py specs      # default vs registry and ablations
+    .venv/bin/python bench/bench_model_evidence.py frozen     # online vs frozen (--freeze-after)
+    .venv/bin/python bench/bench_model_evidence.py merchants  # per-merchant vs global only
 
 ``specs`` compares global models alone (no per-merchant models) so that the rows differ only in
 the global model; the other two run the default as configured. Ablations the registry does not

@@ -8,8 +8,12 @@ learning two. It is a :class:`river.base.Classifier`, so it composes with River 
 
 Class imbalance: a positive (fraud) example is learned with weight
 ``min(max_pos_weight, sqrt((n_neg + 1) / (n_pos + 1)))``: half-way (in log terms) to balanced
-classes. Full balancing doubles the variance of the rare-class gradient for little ranking gain;
-the calibrator (:mod:`online_models.calibration`) maps the inflated scores back to probabilities.
+classes. Full balancing doubles the variance of the rare-class gradient for little ranking gain.
+A Platt calibrator (:mod:`online_models.calibration`) can map the inflated scores back to
+probabilities; the default model uses them as they are (see :mod:`online_models.registry`).
+
+An optional ``offset`` (a fixed log-odds per example, given to both ``raw_one`` and
+``learn_one``) makes the model learn a correction to it: the default model's offset is its prior.
 
 Standardised values are clipped to ``[-clip, clip]`` so one heavy-tailed amount cannot blow up a
 weight. Values that are ``None`` count as missing (standardised value 0). The explanation of a score

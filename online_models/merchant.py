@@ -9,10 +9,13 @@ that merchant's labelled events from the first label on. It is *used* only once 
 where ``n`` is the number of labels the merchant model has learned and ``k`` (``half_trust``) is
 the count at which both models get equal weight. Below N, ``raw = global``. The weight grows with
 the evidence behind the merchant model and never reaches 1, so the global model keeps a say.
-Both scores are *calibrated* probabilities before they are blended (the global model by the
-global calibrator, each merchant model by its own small :class:`PlattCalibrator`), since raw
-scores of different models are on different scales. The merchant calibrator learns, per label,
-the merchant model's prediction made just before it learns that label (a prequential
+Both scores go through their calibrators before they are blended (the global model's, each
+merchant model's own small :class:`PlattCalibrator`), since raw scores of different models are on
+different scales; a model whose raw score is used as is has a pass-through instead
+(:func:`online_models.calibration.calibrator_for`; the default global model is one, so its score
+and a Platt-calibrated merchant score are not on quite the same scale: one reason the runtime
+leaves per-merchant models off by default, docs/models.md). The merchant calibrator learns, per
+label, the merchant model's prediction made just before it learns that label (a prequential
 prediction: the model has not seen the example yet).
 
 State: :class:`MerchantModels` keeps each merchant's :class:`MerchantModel` in a :class:`KeyValue`

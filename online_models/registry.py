@@ -159,8 +159,9 @@ class PriorLogReg(FraudModel):
     prior computed from its features.
 
     The raw score is the probability as trained, so there is no Platt step
-    (``needs_calibration = False``); positives weigh up to 10 times more in training, so it
-    over-states the odds of fraud by up to that factor, the same at every point in time.
+    (``needs_calibration = False``); positives weigh up to 10 times more in training (the weight
+    reaches that cap once labels of both classes are in at fraud rates of 1 % or less), so it
+    over-states the odds of fraud by up to that factor.
 
     Explanations: per feature, the prior's term plus the correction's ``weight * standardised
     value`` (the correction's share on ``prior_logit`` itself is not a feature and is left out).

@@ -15,10 +15,10 @@ Per event, :meth:`Scorer.score` (predict, never learn):
 
 Per label, :meth:`Scorer.learn` joins the stored snapshot (counting unknown, expired and duplicate
 labels) and, in this order: updates the quality monitor with the scores *as they were stored*
-(progressive validation), learns the merchant model (when ``learn_merchants``), the challenger
-and (when ``learn_global``) the global model and its calibrator, all from the stored vectors. It returns a
-:class:`LearnOutcome` whose ``example`` is what a worker sends to the trainer when the global
-model is learned elsewhere (``learn_global=False``); the trainer calls
+(progressive validation), learns the merchant model (when ``learn_merchants``), the
+challenger and (when ``learn_global``) the global model and its calibrator, all from the stored
+vectors. It returns a :class:`LearnOutcome` whose ``example`` is what a worker sends to the
+trainer when the global model is learned elsewhere (``learn_global=False``); the trainer calls
 :meth:`GlobalModel.learn` with it. The streaming worker and the backtest both call exactly these two
 methods (the backtest through :func:`online_models.replay.replay`), so predict-then-learn order is
 the same in both.

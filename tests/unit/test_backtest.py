@@ -392,9 +392,9 @@ def test_merchant_models_option_and_setting(tmp_path):
     ev, lab, _ = _merchant_sim(tmp_path)
     s = Settings.load(env={})
     assert s.merchant_models is False  # off unless configured
-    run = lambda **kw: run_backtest(BacktestOptions(log=ev, labels=lab, partitions=1, **kw), s)  # noqa: E731
-    without = run()
-    with_mm = run(merchant_models=True)
+    without = run_backtest(BacktestOptions(log=ev, labels=lab, partitions=1), s)
+    with_mm = run_backtest(BacktestOptions(log=ev, labels=lab, partitions=1,
+                                           merchant_models=True), s)
     assert without.learn_stats["merchant_models"] is False
     assert with_mm.learn_stats["merchant_models"] is True
     assert not np.array_equal(without.scores, with_mm.scores)
