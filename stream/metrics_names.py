@@ -76,6 +76,9 @@ _ALL = (
            "Labels routed to a stage."),
     Metric("fraudstream_dead_letters_total", "counter", ("reason",),
            "Records sent to the dead-letter topic, by reason (decode, validation, too_large...)."),
+    Metric("fraudstream_late_events_total", "counter", ("stage",),
+           "Events older than the grace period behind their entity's latest event: scored with "
+           "the current state, not folded in (docs/features.md)."),
     Metric("fraudstream_consumer_lag", "gauge", ("topic", "partition"),
            "Records between the consumer position and the high watermark, per assigned partition."),
     # ------------------------------------------------------------------ worker: latency

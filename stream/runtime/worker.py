@@ -140,6 +140,7 @@ class Task:
         # Per-record metric children, resolved once (label lookup costs more than the increment).
         self.consumed_metric: Any = None
         self.processing_metric: Any = None
+        self.late_reported = 0  # engine.stats.late already added to the late-events counter
 
     def features(self, event: Any) -> dict[str, Any]:
         return self.engine.process(event) if self.engine else {}
@@ -665,6 +666,7 @@ class Worker(Stoppable):
             if wait:
                 self._drain_epochs()
         self.stats.commits += 1
+        self._count_late()
         self._offsets.clear()
         self._batch_records = 0
         m = self.metrics
@@ -676,6 +678,15 @@ class Worker(Stoppable):
             for appended in self._e2e_pending:
                 e2e.observe(max(0.0, now_ms - appended) / 1000)
             self._e2e_pending.clear()
+
+    def _count_late(self) -> None:
+        """Add each task's late events since the last commit to the counter (per commit, not
+        per record: the engine counts them anyway)."""
+        for task in self._tasks.values():
+            if task.engine is not None and task.engine.stats.late != task.late_reported:
+                self._child("fraudstream_late_events_total", task.stage.name).inc(
+                    task.engine.stats.late - task.late_reported)
+                task.late_reported = task.engine.stats.late
 
     def _close_epoch(self) -> None:
         """At-least-once: the current batch's offsets wait for its outputs; a new epoch opens."""

@@ -94,6 +94,9 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
             assert _get(base + "/healthz")[0] == 200
 
             events = generate_events(3000, seed=41, id_prefix="obs")
+            # One event two days behind its user's latest: late (beyond the 1 h grace period).
+            events.append(dict(events[-1], event_id="obs-late",
+                               event_time=events[-1]["event_time"] - 2 * DAY_MS))
             with EventPublisher(s) as pub:
                 for e in events:
                     pub.publish(e)
@@ -110,11 +113,14 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
                     break
                 time.sleep(0.5)
             assert scored == len(events)
-            assert _sample(text, "fraudstream_events_consumed_total", stage="user") == 3001
+            consumed = _sample(text, "fraudstream_events_consumed_total", stage="user")
+            assert consumed == len(events) + 1  # and the broken record
             assert _sample(text, "fraudstream_dead_letters_total", reason="bad_json") == 1
             assert _sample(text, "fraudstream_commits_total") > 0
             assert _sample(text, "fraudstream_end_to_end_seconds_count") == len(events)
-            assert _sample(text, "fraudstream_processing_seconds_count", stage="merchant") == 3000
+            assert _sample(text, "fraudstream_processing_seconds_count",
+                           stage="merchant") == len(events)
+            assert _sample(text, "fraudstream_late_events_total", stage="user") == 1
             assert _sample(text, "fraudstream_assigned_partitions", stage="user") == s.partitions
 
             # Lag is published every 5 s; it must come back to zero once all is processed.
@@ -178,7 +184,7 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
     assert records and all({"ts", "level", "logger", "msg"} <= r.keys() for r in records)
     dead = [r for r in records if r["msg"].startswith("dead letter")]
     assert len(dead) == 1 and dead[0]["topic"] == s.topic_events and dead[0]["offset"] >= 0
-    assert any("scored 3000" in r["msg"] for r in records)
+    assert any(f"scored {len(events)}" in r["msg"] for r in records)
 
     # Another instance has no local state: it rebuilds every task from the changelogs, and its
     # restore gauges say how much it read, as its log does.
