@@ -26,6 +26,16 @@ def _start(s: Settings, name: str, log) -> subprocess.Popen:
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _published(s: Settings, n: int, seed: int, prefix: str) -> list[dict]:
+    """``n`` generated events, published to the (created) events topic."""
+    ensure_topics(s)
+    events = generate_events(n, seed=seed, id_prefix=prefix)
+    with EventPublisher(s) as pub:
+        for e in events:
+            pub.publish(e)
+    return events
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -35,11 +45,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_offsets_are_committed_while_running_and_every_event_scored_once(kafka_settings,
                                                                          tmp_path):
     s = kafka_settings
-    ensure_topics(s)
-    events = generate_events(400, seed=21, id_prefix="alo")
-    with EventPublisher(s) as pub:
-        for e in events:
-            pub.publish(e)
+    events = _published(s, 400, seed=21, prefix="alo")
     with (tmp_path / "worker.log").open("wb") as log:
         proc = _start(s, "alo", log)
         try:
@@ -61,11 +67,7 @@ def test_offsets_are_committed_while_running_and_every_event_scored_once(kafka_s
 
 def test_sigkill_loses_no_event(kafka_settings, tmp_path):
     s = kafka_settings
-    ensure_topics(s)
-    events = generate_events(3000, seed=22, id_prefix="alok")
-    with EventPublisher(s) as pub:
-        for e in events:
-            pub.publish(e)
+    events = _published(s, 3000, seed=22, prefix="alok")
     with (tmp_path / "worker.log").open("wb") as log:
         proc = _start(s, "alok", log)
         try:
