@@ -125,13 +125,16 @@ class RingSpec:
         # Buckets no non-late event can read again. Buckets are mostly inserted in time order,
         # so stop at the first live one; an out-of-order straggler goes on a later advance.
         horizon = (max_t - self.grace) // self.res - d - n
-        dead = []
-        for i in bk:
-            if i > horizon:
-                break
-            dead.append(i)
-        for i in dead:
-            del bk[i]
+        if max(bk) <= horizon:  # a sparse entity's short window: every bucket is dead (one C call)
+            bk.clear()
+        else:
+            dead = []
+            for i in bk:
+                if i > horizon:
+                    break
+                dead.append(i)
+            for i in dead:
+                del bk[i]
         if self.nd and ring[2][COUNT] == 0 and any(ring[3]):
             self._maybe_reset_levels(ring)
 
