@@ -22,9 +22,19 @@ from stream.events import Score, decode_score
 from stream.exceptions import DecodeError, KafkaError
 from stream.settings import Settings
 
-__all__ = ["ScoreConsumer", "ScoreRecord"]
+__all__ = ["ScoreConsumer", "ScoreRecord", "consumer_error"]
 
 log = logging.getLogger(__name__)
+
+
+def consumer_error(err: _RdKafkaError, doing: str) -> None:
+    """Triage an error event from ``Consumer.consume``: a partition end is nothing, a fatal
+    error stops the caller (:class:`KafkaError`), anything else is logged (librdkafka retries)."""
+    if err.code() == _RdKafkaError._PARTITION_EOF:
+        return
+    if err.fatal():
+        raise KafkaError(f"{doing}: {err.str()}")
+    log.warning("%s: %s", doing, err.str())
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ from online_models.metrics import QualityWindow
 from online_models.scorer import GlobalModel
 from stream import wire
 from stream.deadletter import dead_letter_headers
+from stream.consumer import consumer_error
 from stream.exceptions import DecodeError, KafkaError, RawRecord
 from stream.lifecycle import GracefulStop, Stoppable
 from stream.modelstore import (ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord,
@@ -387,11 +388,7 @@ class Trainer(Stoppable):
     def _handle(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
-            if err.code() == _RdKafkaError._PARTITION_EOF:
-                return
-            if err.fatal():
-                raise KafkaError(f"consuming {self.settings.topic_training}: {err.str()}")
-            log.warning("consumer: %s", err.str())
+            consumer_error(err, f"consuming {self.settings.topic_training}")
             return
         if not self.active or msg.partition() != _PARTITION:
             return

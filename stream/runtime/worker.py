@@ -64,6 +64,7 @@ from online_models.scorer import GlobalModel
 from stream import wire
 from stream.deadletter import dead_letter_headers
 from stream.events import Score, decode_event, decode_label
+from stream.consumer import consumer_error
 from stream.exceptions import ConfigError, DecodeError, KafkaError
 from stream.lifecycle import GracefulStop, Stoppable
 from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord
@@ -347,11 +348,7 @@ class Worker(Stoppable):
     def _handle(self, msg: Message) -> None:
         err = msg.error()
         if err is not None:
-            if err.code() == _RdKafkaError._PARTITION_EOF:
-                return
-            if err.fatal():
-                raise KafkaError(f"consumer failed: {err.str()}")
-            log.warning("consumer: %s", err.str())
+            consumer_error(err, "consuming")
             return
         if self.exactly_once and not self._in_txn:
             self._producer.begin_transaction()
@@ -490,18 +487,24 @@ class Worker(Stoppable):
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
                  partition: int | None = None, headers: list | None = None) -> None:
         # Record timestamps stay the produce time; event time is in the payload (see publisher).
-        kwargs: dict[str, Any] = {}
+        # Per record: no keyword dict unless a partition or headers are given.
         cb = self._delivery_cb
         if cb is not None:  # at-least-once: count the epoch's outputs (exactly-once: see below)
-            kwargs["on_delivery"] = cb
             self._undelivered[self._epoch] += 1
-        if partition is not None:
-            kwargs["partition"] = partition
-        if headers:
-            kwargs["headers"] = headers
         while True:
             try:
-                self._producer.produce(topic, value, key, **kwargs)
+                if partition is None and not headers:
+                    if cb is None:
+                        self._producer.produce(topic, value, key)
+                    else:
+                        self._producer.produce(topic, value, key, on_delivery=cb)
+                else:
+                    kwargs: dict[str, Any] = {"headers": headers} if headers else {}
+                    if partition is not None:
+                        kwargs["partition"] = partition
+                    if cb is not None:
+                        kwargs["on_delivery"] = cb
+                    self._producer.produce(topic, value, key, **kwargs)
                 return
             except BufferError:
                 self._producer.poll(0.05)  # wait for room; never drop an output
