@@ -36,6 +36,8 @@ __all__ = [
     "event_from_dict",
     "label_from_dict",
     "score_from_dict",
+    "is_canonical_event",
+    "is_canonical_label",
     "parse_time",
 ]
 
@@ -292,6 +294,122 @@ def event_from_dict(obj: Mapping[str, Any]) -> Event:
         attributes=attributes,
         schema_version=version,
     )
+
+
+# ---------------------------------------------------------------------- canonical fast path
+# A log written by fraudstream (or by anyone following the contract to the letter) is already in
+# the wire form. Replaying it only needs to know that each record *would* decode unchanged; these
+# checks say so without building an Event, at a third of the cost. They accept a subset of what
+# the decoders accept (tests/unit/test_events.py holds them to that: whatever they accept decodes,
+# and encodes back to the same object); anything they are unsure of goes to the decoders, which
+# also give the reasons for a rejection.
+def is_canonical_event(obj: Any) -> bool:
+    """Whether ``obj`` is a valid event in the canonical wire form: contract fields only, no
+    nulls, ids and strings as strings, ``event_time`` in epoch ms, ``amount`` a float.
+
+    >>> is_canonical_event({"event_id": "e1", "event_type": "login",
+    ...                     "event_time": 1767225600000, "user_id": "u1"})
+    True
+    >>> is_canonical_event({"event_id": "e1", "event_type": "login",
+    ...                     "event_time": "2026-01-01T00:00:00Z", "user_id": "u1"})
+    False
+    """
+    if type(obj) is not dict or not _EVENT_KNOWN.issuperset(obj):
+        return False
+    get = obj.get
+    value = get("event_id")
+    if type(value) is not str or not 0 < len(value) <= _MAX_ID_LEN:
+        return False
+    value = get("user_id")
+    if type(value) is not str or not 0 < len(value) <= _MAX_ID_LEN:
+        return False
+    event_type = get("event_type")
+    if type(event_type) is not str or event_type not in EVENT_TYPES:
+        return False
+    value = get("event_time")
+    if type(value) is not int or not 0 <= value <= _MAX_EPOCH_MS:
+        return False
+    seen = 4  # fields checked; a key left unchecked at the end holds a null
+    for name in ("merchant_id", "card_id", "device_id"):
+        value = get(name)
+        if value is not None:
+            if type(value) is not str or not 0 < len(value) <= _MAX_ID_LEN:
+                return False
+            seen += 1
+    amount = get("amount")
+    if amount is not None:
+        # ``amount >= 0`` is false for NaN; infinity is the one other non-finite float.
+        if type(amount) is not float or not 0.0 <= amount < math.inf:
+            return False
+        seen += 1
+    currency = get("currency")
+    if currency is not None:
+        if type(currency) is not str or not _CURRENCY.match(currency):
+            return False
+        seen += 1
+    if event_type == "transaction" and (amount is None or currency is None
+                                        or get("merchant_id") is None):
+        return False
+    value = get("country")
+    if value is not None:
+        if type(value) is not str or not _COUNTRY.match(value):
+            return False
+        seen += 1
+    value = get("ip")
+    if value is not None:
+        if type(value) is not str or not _is_ip(value):
+            return False
+        seen += 1
+    value = get("channel")
+    if value is not None:
+        if type(value) is not str:
+            return False
+        seen += 1
+    value = get("attributes")
+    if value is not None:
+        if type(value) is not dict:
+            return False
+        seen += 1
+    value = get("schema_version")
+    if value is not None:
+        if type(value) is not int or value not in SUPPORTED_SCHEMA_VERSIONS:
+            return False
+        seen += 1
+    return seen == len(obj)
+
+
+def is_canonical_label(obj: Any) -> bool:
+    """Whether ``obj`` is a valid label in the canonical wire form (see
+    :func:`is_canonical_event`).
+
+    >>> is_canonical_label({"event_id": "e1", "user_id": "u1", "merchant_id": "m1",
+    ...                     "is_fraud": True, "label_time": 1767225600000})
+    True
+    """
+    if type(obj) is not dict or not _LABEL_KNOWN.issuperset(obj):
+        return False
+    get = obj.get
+    for name in ("event_id", "user_id", "merchant_id"):
+        value = get(name)
+        if type(value) is not str or not 0 < len(value) <= _MAX_ID_LEN:
+            return False
+    if type(get("is_fraud")) is not bool:
+        return False
+    value = get("label_time")
+    if type(value) is not int or not 0 <= value <= _MAX_EPOCH_MS:
+        return False
+    seen = 5
+    value = get("source")
+    if value is not None:
+        if type(value) is not str:
+            return False
+        seen += 1
+    value = get("attributes")
+    if value is not None:
+        if type(value) is not dict:
+            return False
+        seen += 1
+    return seen == len(obj)
 
 
 def decode_label(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Label:

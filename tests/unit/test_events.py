@@ -29,6 +29,8 @@ from stream.events import (
     decode_label,
     decode_score,
     event_from_dict,
+    is_canonical_event,
+    is_canonical_label,
     label_from_dict,
     parse_time,
     score_from_dict,
@@ -761,6 +763,65 @@ def test_agreement_pools_cover_both_answers() -> None:
             answers = {decoder_ok(kind, apply(BASES[kind][0], {name: v})) for v in pool}
             if name not in ("shop", "case", "extra"):
                 assert answers == {True, False}, (kind, name)
+
+
+# ---------------------------------------------------------------------- canonical fast path
+CANONICAL = {"event": (is_canonical_event, event_from_dict),
+             "label": (is_canonical_label, label_from_dict)}
+
+
+def _decodes_unchanged(kind: str, doc: dict[str, Any]) -> bool:
+    """``doc`` decodes, and its decoded form says exactly what ``doc`` says."""
+    _, decode = CANONICAL[kind]
+    try:
+        obj = decode(doc)
+    except DecodeError:
+        return False
+    expected = {k: v for k, v in doc.items() if k != "attributes" or v}
+    if kind == "event":
+        expected.setdefault("schema_version", 1)
+    return obj.to_dict() == expected and all(
+        type(obj.to_dict()[k]) is type(v) for k, v in expected.items())
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(sorted(CANONICAL)).flatmap(lambda kind: st.tuples(st.just(kind),
+                                                                        mutated(kind))))
+def test_canonical_checks_accept_only_what_decodes_unchanged(
+        case: tuple[str, dict[str, Any]]) -> None:
+    # Replay forwards the bytes of records these checks accept without decoding them.
+    kind, doc = case
+    check, _ = CANONICAL[kind]
+    if check(doc):
+        assert _decodes_unchanged(kind, doc), doc
+
+
+@FAST
+@given(valid_events(), valid_labels())
+def test_canonical_checks_accept_the_encoders_output(case: tuple[dict[str, Any], int],
+                                                     lab_doc: dict[str, Any]) -> None:
+    e = decode_event(wire.dumps(case[0]))
+    assert is_canonical_event(e.to_dict()) and _decodes_unchanged("event", e.to_dict())
+    assert is_canonical_event(wire.loads(e.encode()))
+    lab = decode_label(wire.dumps(lab_doc))
+    assert is_canonical_label(lab.to_dict()) and is_canonical_label(wire.loads(lab.encode()))
+
+
+@pytest.mark.parametrize("kind, changes", [
+    ("event", {"amount": 7}), ("event", {"card_id": None}), ("event", {"shop": "web"}),
+    ("event", {"event_time": "2026-01-01T00:00:00Z"}), ("event", {"amount": math.nan}),
+    ("event", {"amount": math.inf}), ("event", {"amount": -1.0}), ("event", {"ip": "1.2.3"}),
+    ("event", {"user_id": 5}), ("event", {"schema_version": True}),
+    ("event", {"attributes": None}), ("event", {"merchant_id": ABSENT}),
+    ("label", {"is_fraud": 1}), ("label", {"source": None}), ("label", {"case": "A"}),
+    ("label", {"label_time": True}),
+])
+def test_canonical_checks_leave_anything_else_to_the_decoder(kind: str,
+                                                             changes: dict[str, Any]) -> None:
+    check, _ = CANONICAL[kind]
+    base = txn() if kind == "event" else label()
+    assert check(base)
+    assert not check(apply(base, changes))
 
 
 # ---------------------------------------------------------------------- docs/events.md
