@@ -339,7 +339,7 @@ def is_canonical_event(obj: Any) -> bool:
     amount = get("amount")
     if amount is not None:
         # ``amount >= 0`` is false for NaN; infinity is the one other non-finite float.
-        if type(amount) is not float or not 0.0 <= amount < math.inf:
+        if type(amount) is not float or not 0.0 <= amount < _INF:
             return False
         seen += 1
     currency = get("currency")
@@ -515,6 +515,7 @@ def parse_time(value: Any, name: str = "time") -> int:
                       f"got {_json_type(value)}", name)
 
 
+_INF = math.inf
 _EPOCH = datetime.fromisoformat("1970-01-01T00:00:00+00:00")
 
 
