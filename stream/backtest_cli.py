@@ -61,7 +61,7 @@ def _duration(text: str | None, what: str) -> int | None:
 @click.option("--labels-map", "labels_maps", multiple=True, metavar="COLUMN=FIELD[:FORMAT],...",
               help="Mapping for the label log (default: --map).")
 @click.option("--tz", metavar="ZONE", help="Zone of ISO times written without an offset.")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]),
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]),
               help="Log format (default: from the file name, else the content).")
 @click.option("--features", "features_file", type=click.Path(exists=True, dir_okay=False),
               help="Feature definitions (TOML); default: the built-in set.")

@@ -9,9 +9,6 @@ first event after which the log's latest event time has reached the label's ``la
 
 from __future__ import annotations
 
-import csv
-import gzip
-import io
 import sys
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -26,6 +23,7 @@ from features.exceptions import FeatureConfigError, FeatureError
 from stream import wire
 from stream.events import event_from_dict, label_from_dict
 from stream.exceptions import ConfigError, DecodeError
+from stream.logfiles import detect_format, read_records, where
 from stream.mapping import IDENTITY, ColumnMapping
 from stream.state import open_store
 
@@ -61,38 +59,26 @@ def check_cmd(file: str | None) -> None:
 
 
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    # Reads the same formats as ``fraudstream replay`` (JSON Lines or CSV, optionally gzipped);
-    # move to replay's reader once both live on main.
-    name = path.name.lower()
-    raw = gzip.open(path, "rb") if name.endswith(".gz") else open(path, "rb")  # noqa: SIM115
-    with raw:
-        if name.removesuffix(".gz").endswith(".csv"):
-            text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
-            reader = csv.DictReader(text)
-            for row in reader:
-                yield reader.line_num, {k: v for k, v in row.items() if v not in (None, "")}
-            return
-        for number, line in enumerate(raw, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = wire.loads(line)
-            except wire.JSONDecodeError as exc:
-                raise DecodeError(f"{path}:{number}: not valid JSON: {exc}",
-                                  code="bad_json") from None
-            if not isinstance(obj, dict):
-                raise DecodeError(f"{path}:{number}: expected a JSON object", code="bad_json")
-            yield number, obj
+    # The readers ``fraudstream replay`` and ``backtest`` use (JSON Lines, CSV, Parquet).
+    fmt = detect_format(path)
+    for number, _raw, obj in read_records(path, fmt):
+        if type(obj) is not dict:
+            raise DecodeError(f"{path.parent / where(path, number, fmt)}: {obj}",
+                              code=obj.code)
+        yield number, obj
 
 
 def iter_log(path: Path, kind: str, mapping: ColumnMapping) -> Iterator[Any]:
-    """Validated events or labels from a JSON Lines/CSV log (``.gz`` too), in file order."""
+    """Validated events or labels from a JSON Lines/CSV log (``.gz`` too) or a Parquet file, in
+    file order; the first invalid record raises :class:`DecodeError` naming its line or row."""
     decode = event_from_dict if kind == "event" else label_from_dict
+    fmt = detect_format(path)
     for number, obj in _records(path):
         try:
             yield decode(mapping.apply(obj))
         except DecodeError as exc:
-            raise DecodeError(f"{path}:{number}: {exc}", code=exc.code) from None
+            raise DecodeError(f"{path.parent / where(path, number, fmt)}: {exc}",
+                              code=exc.code) from None
 
 
 def compute(events: Iterator[Any], labels: list[Any], fs: FeatureSet, out: IO[bytes], *,
@@ -134,7 +120,7 @@ def compute(events: Iterator[Any], labels: list[Any], fs: FeatureSet, out: IO[by
               help="Output JSON Lines file ('-' for stdout).")
 @click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False,
                                                          path_type=Path),
-              help="Label log (JSON Lines or CSV).")
+              help="Label log (JSON Lines, CSV or Parquet).")
 @click.option("--map", "map_spec", default=None,
               help="Column mapping SOURCE=TARGET[:FORMAT],... (as for replay).")
 @click.option("--labels-map", "labels_map_spec", default=None,

@@ -5,6 +5,8 @@ line as ``--map SOURCE=TARGET[:FORMAT],...`` (spaces ignored). ``FORMAT`` is for
 (``event_time``, ``label_time``): ``auto`` (default: integers are epoch milliseconds, strings are
 digits or RFC 3339), ``epoch_ms``, ``epoch_s`` or ``iso``. ``timezone`` (an IANA name) applies to
 ISO timestamps without a UTC offset, which are otherwise rejected as the contract requires.
+Timestamp values (``datetime``: Parquet timestamp columns) are taken as they are, whatever the
+format; ``timezone`` applies to those without a time zone, which are otherwise rejected too.
 
 >>> m = ColumnMapping.parse("ts=event_time:epoch_s, uid=user_id ,amt=amount")
 >>> m.apply({"ts": "1767225600.5", "uid": "u1", "amt": "12.5", "shop": "web"})
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from datetime import timezone as dt_timezone
 from decimal import Decimal, InvalidOperation
 from typing import Any, Mapping
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -151,9 +154,13 @@ def parse_time_value(value: Any, fmt: str = "auto", timezone: str | None = None,
     1767225600000
     >>> parse_time_value(1767225600, "epoch_s"), parse_time_value("1767225600000")
     (1767225600000, 1767225600000)
+    >>> parse_time_value(datetime(2026, 1, 1, 1, 0, 0, 250000), "auto", "Europe/Paris")
+    1767225600250
     """
     if fmt not in TIME_FORMATS:
         raise ValueError(f"unknown time format {fmt!r}")
+    if isinstance(value, datetime):
+        return _datetime_ms(value, timezone, name)
     if isinstance(value, bool):
         raise DecodeError("must be a time, got a boolean", name)
     if fmt in ("epoch_ms", "epoch_s") or (fmt == "auto" and _numeric(value)):
@@ -176,6 +183,21 @@ def parse_time_value(value: Any, fmt: str = "auto", timezone: str | None = None,
         if parsed.tzinfo is None:
             return parse_time(parsed.replace(tzinfo=ZoneInfo(timezone)).isoformat(), name)
     return parse_time(value, name)
+
+
+def _datetime_ms(value: datetime, timezone: str | None, name: str) -> int:
+    """A timestamp column's value (Parquet): whatever ``fmt`` says, it is a point in time."""
+    if value.tzinfo is None:
+        if timezone is None:
+            raise DecodeError(f"timestamp without a time zone ({value.isoformat()}): say which "
+                              "zone with --tz", name)
+        value = value.replace(tzinfo=ZoneInfo(timezone))
+    delta = value - _EPOCH
+    return parse_time((delta.days * 86_400 + delta.seconds) * 1000
+                      + delta.microseconds // 1000, name)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=dt_timezone.utc)
 
 
 def _numeric(value: Any) -> bool:

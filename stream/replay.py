@@ -1,12 +1,14 @@
 """Replaying event logs into Kafka in event-time order (behind ``fraudstream replay``).
 
-A replay reads a log of events (JSON Lines, ``.gz`` or CSV) and optionally a log of labels,
-validates every record against the contract (``stream.events``), and sends the events to the
-events topic and the labels to the labels topic on one timeline: a label whose ``label_time`` is T
-goes out after every event with ``event_time`` <= T and before the later ones. ``speed=None``
-sends as fast as the broker takes it; ``speed=60`` keeps inter-arrival times, sixty times faster.
+A replay reads a log of events (JSON Lines or CSV, either gzipped, or Parquet: the readers are
+:mod:`stream.logfiles`) and optionally a log of labels, validates every record against the
+contract (``stream.events``), and sends the events to the events topic and the labels to the
+labels topic on one timeline: a label whose ``label_time`` is T goes out after every event with
+``event_time`` <= T and before the later ones. ``speed=None`` sends as fast as the broker takes
+it; ``speed=60`` keeps inter-arrival times, sixty times faster.
 
-Invalid records never reach Kafka: each is reported with its file and line number and written,
+Invalid records never reach Kafka: each is reported with its file and line (or Parquet row)
+number and written,
 with the reason, to a rejects file (JSON Lines). Records that are already canonical (integer
 epoch-ms times, contract fields only, no nulls) are forwarded as the bytes that were read;
 everything else is sent in the canonical encoding, like ``EventPublisher`` does.
@@ -33,10 +35,7 @@ and nothing is lost, also after ``kill -9``.
 
 from __future__ import annotations
 
-import csv
-import gzip
 import hashlib
-import io
 import os
 import re
 import time
@@ -52,6 +51,7 @@ from stream import wire
 from stream.events import (DEFAULT_MAX_BYTES, event_from_dict, is_canonical_event,
                            is_canonical_label, label_from_dict)
 from stream.exceptions import DecodeError, FraudstreamError
+from stream.logfiles import _open_binary, _parse_lines, detect_format, read_records, unit
 from stream.mapping import ColumnMapping
 from stream.settings import Settings
 
@@ -216,134 +216,15 @@ class ReplayOptions:
     end_ms: int | None = None                  # --to (exclusive)
     mapping: RecordMapping = IDENTITY
     labels_mapping: RecordMapping | None = None  # default: ``mapping``
-    fmt: str | None = None                     # "jsonl" | "csv"; None: by name, then content
+    fmt: str | None = None                     # "jsonl" | "csv" | "parquet"; None: detect
     chunk_items: int = 100_000                 # items per checkpoint at most
     chunk_seconds: float = 1.0                 # and at least one checkpoint this often
     load_workers: int | None = None            # validating processes; None: by file size
 
 
 # ---------------------------------------------------------------------- reading logs
-def _open_binary(path: Path) -> BinaryIO:
-    fh = path.open("rb")
-    magic = fh.read(2)
-    fh.seek(0)
-    if magic == b"\x1f\x8b":
-        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
-    return fh
-
-
-def detect_format(path: Path) -> str:
-    """``jsonl`` or ``csv``: by file name (``.csv``, ``.csv.gz``), else by the first byte."""
-    name = path.name.lower()
-    if name.endswith(".gz"):
-        name = name[:-3]
-    if name.endswith(".csv"):
-        return "csv"
-    if name.endswith((".jsonl", ".ndjson", ".json")):
-        return "jsonl"
-    with _open_binary(path) as fh:
-        head = fh.read(4096).lstrip()
-    return "jsonl" if head[:1] in (b"{", b"") else "csv"
-
-
-def read_records(path: Path, fmt: str,
-                 max_bytes: int = DEFAULT_MAX_BYTES) -> Iterator[tuple[int, bytes, Any]]:
-    """``(line number, raw bytes, dict or DecodeError)`` for every non-blank record."""
-    if fmt == "jsonl":
-        yield from _read_jsonl(path, max_bytes)
-    elif fmt == "csv":
-        yield from _read_csv(path)
-    else:
-        raise ReplayError(f"unknown log format {fmt!r} (jsonl or csv)")
-
-
-def _read_jsonl(path: Path, max_bytes: int) -> Iterator[tuple[int, bytes, Any]]:
-    yield from _parse_lines(_line_blocks(path), 1, max_bytes)
-
-
-_READ_BYTES = 1 << 20
-
-
-def _line_blocks(path: Path) -> Iterator[list[bytes]]:
-    """The lines of ``path`` (without their newlines), a megabyte's worth at a time: splitting
-    a block costs a fraction of ``readline`` per line, most of all on gzip files."""
-    rest = b""
-    with _open_binary(path) as fh:
-        read = fh.read
-        while True:
-            data = read(_READ_BYTES)
-            if not data:
-                break
-            lines = (rest + data).split(b"\n") if rest else data.split(b"\n")
-            rest = lines.pop()
-            yield lines
-    if rest:
-        yield [rest]
-
-
-def _parse_lines(blocks: Iterable[list[bytes]], first: int,
-                 max_bytes: int) -> Iterator[tuple[int, bytes, Any]]:
-    loads = wire.loads
-    number = first - 1
-    for lines in blocks:
-        for line in lines:
-            number += 1
-            line = line.strip()
-            if not line:
-                continue
-            if len(line) > max_bytes:
-                yield number, line, DecodeError(
-                    f"record is {len(line)} bytes, over the {max_bytes}-byte limit",
-                    code="too_large")
-                continue
-            try:
-                obj = loads(line)
-            except wire.JSONDecodeError as exc:
-                try:
-                    line.decode("utf-8")
-                except UnicodeDecodeError as uexc:
-                    yield number, line, DecodeError(f"not valid UTF-8 at byte {uexc.start}",
-                                                    code="bad_utf8")
-                    continue
-                yield number, line, DecodeError(f"not valid JSON: {exc}", code="bad_json")
-                continue
-            if type(obj) is not dict:  # orjson gives plain dicts
-                yield number, line, DecodeError("record must be a JSON object",
-                                                code="bad_json")
-                continue
-            yield number, line, obj
-
-
-def _read_csv(path: Path) -> Iterator[tuple[int, bytes, Any]]:
-    with _open_binary(path) as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8-sig", newline="", errors="strict")
-        reader = csv.DictReader(text)
-        first = 2  # line 1 is the header
-        try:
-            for row in reader:
-                line = first
-                first = reader.line_num + 1
-                shown = wire.dumps({k: v for k, v in row.items() if k is not None})
-                if None in row:
-                    yield line, shown, DecodeError("more values than header columns",
-                                                   code="bad_csv")
-                    continue
-                rec: dict[str, Any] = {}
-                for key, value in row.items():
-                    if value is None or value == "":
-                        continue  # CSV cannot say null: an empty cell is an absent field
-                    if key == "attributes" and value.lstrip().startswith("{"):
-                        try:
-                            value = wire.loads(value)
-                        except wire.JSONDecodeError:
-                            pass
-                    rec[key] = value
-                yield line, shown, rec
-        except UnicodeDecodeError as exc:
-            yield first, b"", DecodeError(f"not valid UTF-8 ({exc.reason})", code="bad_utf8")
-        except csv.Error as exc:
-            yield first, b"", DecodeError(f"unreadable CSV: {exc}", code="bad_csv")
-
+# The readers live in stream.logfiles (shared with backtest and features compute); these names
+# stay importable from here.
 
 class Rejects:
     """Collects rejected records; writes them, with reasons and line numbers, as JSON Lines."""
@@ -355,9 +236,12 @@ class Rejects:
         self._keep = keep
         self._out: BinaryIO | None = None
 
-    def add(self, source: Path, kind: str, line: int, exc: DecodeError, raw: bytes) -> None:
+    def add(self, source: Path, kind: str, line: int, exc: DecodeError, raw: bytes,
+            fmt: str = "jsonl") -> None:
+        """One rejected record; ``line`` is a row number when ``fmt`` is ``parquet``."""
         self.count += 1
-        message = f"{source.name}:{line}: {exc}"
+        counts = unit(fmt)
+        message = f"{source.name}:{'row ' if counts == 'row' else ''}{line}: {exc}"
         if len(self.first) < self._keep:
             self.first.append(message)
         if self.path is None:
@@ -366,7 +250,7 @@ class Rejects:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._out = self.path.open("wb")
         self._out.write(wire.dumps_line({
-            "file": str(source), "line": line, "kind": kind, "field": exc.field,
+            "file": str(source), counts: line, "kind": kind, "field": exc.field,
             "code": exc.code, "error": str(exc),
             "raw": raw.decode("utf-8", errors="backslashreplace")}))
 
@@ -417,7 +301,7 @@ def load_log(path: Path, kind: str, *, fmt: str | None = None,
     out = LoadedLog(path=path, kind=kind)
 
     def reject(number: int, exc: DecodeError, raw: bytes) -> None:
-        rejects.add(path, kind, number, exc, raw)
+        rejects.add(path, kind, number, exc, raw, fmt)  # type: ignore[arg-type]
 
     _load_into(out, read_records(path, fmt, max_bytes), spec, reject, on_progress)
     return out

@@ -34,7 +34,7 @@ __all__ = ["replay"]
               help="Mapping for the labels log (default: --map).")
 @click.option("--tz", "tz", metavar="ZONE",
               help="Zone of ISO times written without an offset (e.g. UTC, Europe/Berlin).")
-@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv"]),
+@click.option("--format", "fmt", type=click.Choice(["jsonl", "csv", "parquet"]),
               help="Log format (default: from the file name, else the content).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False, path_type=Path),
               help="Progress file for resuming (default: .fraudstream/replay/<log>-<hash>."
@@ -54,9 +54,9 @@ def replay(ctx: click.Context, log: Path, labels: Path | None, speed: str, from_
            labels_maps: tuple[str, ...], tz: str | None, fmt: str | None, checkpoint: Path | None,
            restart: bool, rejects: Path | None, create_topics: bool, progress: bool | None,
            quiet: bool) -> None:
-    """Replay LOG (JSON Lines, .gz or CSV) into the events topic in event-time order.
+    """Replay LOG (JSON Lines or CSV, .gz too, or Parquet) into the events topic in time order.
 
-    Invalid records are reported with their line numbers, written to the rejects file and
+    Invalid records are reported with their line (Parquet: row) numbers, written to the rejects file and
     never sent (exit status 1 when there were any). An interrupted replay resumes where it
     stopped when run again with the same arguments, without sending any record twice.
 
