@@ -2,9 +2,10 @@
 
 ``features check FILE`` validates a feature TOML file and prints the feature names it defines.
 ``features compute LOG --config FILE --out OUT`` runs the engine offline over an event log (and a
-label log) and writes every event's feature vector as JSON Lines, exactly as the worker computes
-it at that event's time: events in log order (their arrival order), each label applied before the
-first event after which the log's latest event time has reached the label's ``label_time``.
+label log) and writes every event's feature vector as JSON Lines (Parquet for ``OUT.parquet``),
+exactly as the worker computes it at that event's time: events in log order (their arrival
+order), each label applied before the first event after which the log's latest event time has
+reached the label's ``label_time``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,16 @@ from features.exceptions import FeatureConfigError, FeatureError
 from stream import wire
 from stream.events import event_from_dict, label_from_dict
 from stream.exceptions import ConfigError, DecodeError
-from stream.logfiles import detect_format, read_records, where
+from stream.logfiles import ParquetRows, detect_format, read_records, where
 from stream.mapping import IDENTITY, ColumnMapping
 from stream.state import open_store
 
 __all__ = ["features", "compute", "iter_log"]
 
 _ID_COLUMNS = ("event_id", "event_time", "user_id", "merchant_id")
+# Parquet types of the columns that are not features (those take the types of their values).
+_PARQUET_TYPES = {"event_id": "string", "event_time": "int64", "user_id": "string",
+                  "merchant_id": "string", "is_fraud": "bool"}
 
 
 @click.group(name="features")
@@ -81,10 +85,16 @@ def iter_log(path: Path, kind: str, mapping: ColumnMapping) -> Iterator[Any]:
                               code=exc.code) from None
 
 
-def compute(events: Iterator[Any], labels: list[Any], fs: FeatureSet, out: IO[bytes], *,
-            backend: str = "memory", state_path: str | None = None,
-            cache_entries: int = 1_000_000) -> dict[str, int]:
-    """Write one JSON line per event: its ids, its features, and ``is_fraud`` when labelled."""
+def compute(events: Iterator[Any], labels: list[Any], fs: FeatureSet,
+            out: IO[bytes] | ParquetRows, *, backend: str = "memory",
+            state_path: str | None = None, cache_entries: int = 1_000_000) -> dict[str, int]:
+    """Write one row per event: its ids, its features, and ``is_fraud`` when labelled; to
+    ``out`` as JSON Lines, or as Parquet rows when ``out`` is a :class:`ParquetRows`."""
+    if isinstance(out, ParquetRows):
+        write_row = out.write_row
+    else:
+        def write_row(row: dict[str, Any]) -> None:
+            out.write(wire.dumps_line(row))
     labels = sorted(labels, key=lambda lab: lab.label_time)  # stable: file order on ties
     final = {lab.event_id: lab.is_fraud for lab in labels} if labels else None
     store = open_store(backend, state_path, cache_entries=cache_entries)
@@ -103,7 +113,7 @@ def compute(events: Iterator[Any], labels: list[Any], fs: FeatureSet, out: IO[by
             row.update(engine.process(event))
             if final is not None:
                 row["is_fraud"] = final.get(event.event_id)
-            out.write(wire.dumps_line(row))
+            write_row(row)
             written += 1
     finally:
         store.close()
@@ -117,7 +127,8 @@ def compute(events: Iterator[Any], labels: list[Any], fs: FeatureSet, out: IO[by
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
               help="Feature definition TOML (default: the built-in default set).")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
-              help="Output JSON Lines file ('-' for stdout).")
+              help="Output file: JSON Lines ('-' for stdout), or Parquet when the name ends "
+                   "in .parquet.")
 @click.option("--labels", "labels_path", type=click.Path(exists=True, dir_okay=False,
                                                          path_type=Path),
               help="Label log (JSON Lines, CSV or Parquet).")
@@ -143,8 +154,11 @@ def compute_cmd(log: Path, config_file: str | None, out_path: str, labels_path: 
         labels_mapping = (mapping if labels_map_spec is None
                           else ColumnMapping.parse(labels_map_spec, timezone))
         labels = list(iter_log(labels_path, "label", labels_mapping)) if labels_path else []
-        out: IO[bytes] = (sys.stdout.buffer if out_path == "-"
-                          else open(out_path, "wb"))  # noqa: SIM115
+        out: IO[bytes] | ParquetRows
+        if out_path.lower().endswith(".parquet"):
+            out = ParquetRows(out_path, _PARQUET_TYPES)
+        else:
+            out = sys.stdout.buffer if out_path == "-" else open(out_path, "wb")  # noqa: SIM115
         try:
             stats = compute(iter_log(log, "event", mapping), labels, fs, out, backend=backend,
                             state_path=state_dir)

@@ -10,7 +10,8 @@ A missing cell is an absent field in every format: CSV cannot say null, and a nu
 treated the same. Parquet timestamp columns arrive as ``datetime`` values (to the millisecond),
 which :func:`stream.mapping.parse_time_value` takes as they are (a column without a time zone
 needs ``--tz``); decimal columns arrive as floats. Parquet files are read a batch of rows at a
-time, so reading needs memory for one row group, not the file. Parquet needs ``pyarrow``
+time, so reading needs memory for one row group, not the file. :class:`ParquetRows` writes rows
+the same way (``features compute --out X.parquet``). Parquet needs ``pyarrow``
 (``pip install "fraudstream[parquet]"``).
 """
 
@@ -27,7 +28,8 @@ from stream import wire
 from stream.events import DEFAULT_MAX_BYTES
 from stream.exceptions import ConfigError, DecodeError
 
-__all__ = ["FORMATS", "detect_format", "read_records", "unit", "where", "require_pyarrow"]
+__all__ = ["FORMATS", "ParquetRows", "detect_format", "read_records", "require_pyarrow", "unit",
+           "where"]
 
 FORMATS = ("jsonl", "csv", "parquet")
 _PARQUET_MAGIC = b"PAR1"
@@ -244,3 +246,59 @@ def _shown(rec: dict[str, Any]) -> bytes:
     except TypeError:
         return wire.dumps({k: v if isinstance(v, (str, int, float, bool, dict, list))
                            else str(v) for k, v in rec.items()})
+
+
+class ParquetRows:
+    """Rows (dicts with the same keys) written to a Parquet file, a row group per ``batch_rows``.
+
+    Column types are those of the first batch (``types`` names some up front); a column with no
+    value in the first batch is a float column. A later value of another type is an error.
+    """
+
+    def __init__(self, path: Path | str, types: dict[str, str] | None = None,
+                 batch_rows: int = _PARQUET_BATCH_ROWS) -> None:
+        self._pa = require_pyarrow("writing Parquet")
+        self.path = Path(path)
+        self._types = {name: self._pa.type_for_alias(alias)
+                       for name, alias in (types or {}).items()}
+        self._batch_rows = batch_rows
+        self._rows: list[dict[str, Any]] = []
+        self._writer: Any = None
+        self._schema: Any = None
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        self._rows.append(row)
+        if len(self._rows) >= self._batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        pa = self._pa
+        if self._schema is None:
+            import pyarrow.parquet as pq
+
+            fields = []
+            if self._rows:
+                for column in pa.Table.from_pylist(self._rows).schema:
+                    kind = self._types.get(column.name, column.type)
+                    fields.append(pa.field(column.name, pa.float64()
+                                           if pa.types.is_null(kind) else kind))
+            else:
+                fields = [pa.field(name, kind) for name, kind in self._types.items()]
+            self._schema = pa.schema(fields)
+            self._writer = pq.ParquetWriter(self.path, self._schema)
+        if not self._rows:
+            return
+        try:
+            table = pa.Table.from_pylist(self._rows, schema=self._schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise ConfigError(f"{self.path}: a column's values changed type ({exc}); write "
+                              "JSON Lines instead") from None
+        self._writer.write_table(table)
+        self._rows = []
+
+    def close(self) -> None:
+        """Write what is buffered and close the file (an empty file still has the columns)."""
+        self._flush()
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -56,9 +56,9 @@ def replay(ctx: click.Context, log: Path, labels: Path | None, speed: str, from_
            quiet: bool) -> None:
     """Replay LOG (JSON Lines or CSV, .gz too, or Parquet) into the events topic in time order.
 
-    Invalid records are reported with their line (Parquet: row) numbers, written to the rejects file and
-    never sent (exit status 1 when there were any). An interrupted replay resumes where it
-    stopped when run again with the same arguments, without sending any record twice.
+    Invalid records are reported with their line (Parquet: row) numbers, written to the rejects
+    file and never sent (exit status 1 when there were any). An interrupted replay resumes
+    where it stopped when run again with the same arguments, without sending any record twice.
 
     \b
     Examples:
