@@ -134,6 +134,48 @@ def test_csv_with_foreign_columns_and_epoch_seconds(kafka_settings, tmp_path):
     assert raw["event_time"] == 1767225601000 and "TS" not in raw
 
 
+def test_parquet_with_timestamp_column_and_labels_reports_rows(kafka_settings, tmp_path):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    s = kafka_settings
+    utc = timezone.utc
+    log = tmp_path / "payments.parquet"
+    pq.write_table(pa.table({
+        "TXN": ["t1", "t2", "t3", "t4"],
+        "CUSTOMER": pa.array([1001, 1002, 1001, 1003], pa.int64()),
+        "SHOP": ["s9", "s9", "s8", "s8"],
+        "TS": pa.array([datetime(2026, 1, 1, 0, 0, 1, tzinfo=utc),
+                        datetime(2026, 1, 1, 0, 0, 0, 250000, tzinfo=utc),
+                        datetime(2026, 1, 1, 0, 0, 3, tzinfo=utc), None],
+                       pa.timestamp("ns", tz="UTC")),
+        "AMT": [12.5, 3.0, 7.1, 1.0], "CUR": ["EUR"] * 4}), log, row_group_size=2)
+    labels = tmp_path / "chargebacks.parquet"
+    pq.write_table(pa.table({
+        "event_id": ["t1"], "user_id": ["1001"], "merchant_id": ["s9"], "is_fraud": [True],
+        "label_time": pa.array([datetime(2026, 1, 1, 0, 0, 2, tzinfo=utc)],
+                               pa.timestamp("ms", tz="UTC"))}), labels)
+    result = _cli(s, "replay", str(log), "--labels", str(labels),
+                  "--map", "TXN=event_id,CUSTOMER=user_id,SHOP=merchant_id,TS=event_time",
+                  "--map", "AMT=amount,CUR=currency", "--labels-map", "",
+                  "--set", "event_type=transaction", "--rejects", str(tmp_path / "rej.jsonl"),
+                  "--checkpoint", str(tmp_path / "ck.json"), "--no-progress")
+    assert result.exit_code == 1, result.output  # one reject
+    assert "rejected: payments.parquet:row 4: event_time: is required" in result.output
+    assert "replayed 3 events, 1 labels" in result.output
+    msgs = read_topic(s, s.topic_events, expected=3, idle=0.5)
+    events = sorted((decode_event(m.value()) for m in msgs), key=lambda e: e.event_time)
+    assert [(e.event_id, e.user_id, e.event_time) for e in events] == [
+        ("t2", "1002", 1767225600250), ("t1", "1001", 1767225601000),
+        ("t3", "1001", 1767225603000)]
+    (label,) = read_topic(s, s.topic_labels, expected=1, idle=0.5)
+    assert decode_label(label.value()).label_time == 1767225602000
+    rejects = [wire.loads(line) for line in (tmp_path / "rej.jsonl").read_bytes().splitlines()]
+    assert [(r["row"], r["field"]) for r in rejects] == [(4, "event_time")]
+
+
 def test_resume_after_kill_sends_nothing_twice(kafka_settings, tmp_path):
     s = kafka_settings
     ensure_topics(s)

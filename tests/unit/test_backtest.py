@@ -260,6 +260,36 @@ def test_csv_with_map_scores_like_jsonl(tmp_path):
     assert np.array_equal(foreign.scores, base.scores)
 
 
+def test_parquet_with_timestamp_column_scores_like_jsonl(tmp_path):
+    from datetime import datetime, timezone
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from stream.mapping import ColumnMapping
+    from stream.replay import RecordMapping
+
+    ev, lab = _sim(tmp_path, events=600, seed=4)
+    rows = [wire.loads(line) for line in ev.read_bytes().splitlines()]
+    columns = ["event_type", "merchant_id", "amount", "currency", "card_id", "device_id", "ip",
+               "country", "channel"]
+    table = pa.table({
+        "TXN": [r["event_id"] for r in rows],
+        "TS": pa.array([datetime.fromtimestamp(r["event_time"] / 1000, timezone.utc)
+                        for r in rows], pa.timestamp("ms", tz="UTC")),
+        "CUSTOMER": [r["user_id"] for r in rows],
+        **{k: [r.get(k) for r in rows] for k in columns}})
+    pq_path = tmp_path / "foreign.parquet"
+    pq.write_table(table, pq_path, row_group_size=128)
+    s = Settings.load(env={})
+    base = run_backtest(BacktestOptions(log=ev, labels=lab, model="heuristic"), s)
+    mapping = RecordMapping(ColumnMapping.parse("TXN=event_id,TS=event_time,CUSTOMER=user_id"))
+    foreign = run_backtest(BacktestOptions(log=pq_path, labels=lab, model="heuristic",
+                                           mapping=mapping, labels_mapping=RecordMapping()), s)
+    assert foreign.event_ids == base.event_ids
+    assert np.array_equal(foreign.scores, base.scores)
+
+
 # ---------------------------------------------------------------------- the event path
 class _Capture:
     """Scoring that keeps each event's merged vector."""
