@@ -8,10 +8,11 @@ labels topic on one timeline: a label whose ``label_time`` is T goes out after e
 it; ``speed=60`` keeps inter-arrival times, sixty times faster.
 
 Invalid records never reach Kafka: each is reported with its file and line (or Parquet row)
-number and written,
-with the reason, to a rejects file (JSON Lines). Records that are already canonical (integer
-epoch-ms times, contract fields only, no nulls) are forwarded as the bytes that were read;
-everything else is sent in the canonical encoding, like ``EventPublisher`` does.
+number and written, with the reason, to a rejects file (JSON Lines). Records that are already
+canonical (integer epoch-ms times, contract fields only, no nulls) are forwarded as the bytes that
+were read, and when no mapping applies they are recognised by a cheap check
+(:func:`stream.events.is_canonical_event`) instead of the full decoder; everything else is sent in
+the canonical encoding, like ``EventPublisher`` does.
 
 **Resuming without duplicates.** The timeline is deterministic (stable sort on time, then events
 before labels, then file order), so "the first P items" names exactly what was sent. The
