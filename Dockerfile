@@ -15,13 +15,17 @@ ENV PIP_NO_CACHE_DIR=1 \
 WORKDIR /src
 # README.m[d]: pyproject.toml names README.md as the readme, but the build must not fail while the
 # file does not exist yet (an empty wildcard match is allowed, a missing literal path is not).
-COPY pyproject.toml README.m[d] ./
+COPY pyproject.toml setup.py README.m[d] ./
 COPY stream ./stream
 COPY features ./features
 COPY online_models ./online_models
 
-# --prefer-binary: confluent-kafka, rocksdict, orjson and river ship manylinux wheels; building any
-# of them from source would need compilers (and Rust) that this slim image does not have.
+# The feature engine's kernel is C (Cython): the builder gets a C compiler, the runtime stage only
+# the compiled wheel. --prefer-binary: confluent-kafka, rocksdict, orjson and river ship manylinux
+# wheels; building any of them from source would need more compilers (and Rust).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN pip wheel --prefer-binary --wheel-dir /wheels .
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import platform
 import random
 import shutil
@@ -73,34 +72,15 @@ def measured_events(n: int, users: int, merchants: int, rng: random.Random, star
 def worst_case_bytes(engine: FeatureEngine, id_len: int = 16) -> dict[str, int]:
     """Encoded size of each entity group's state with every retained bucket full.
 
-    Every bucket a ring can hold (window + delay + grace, plus one) has an event, numeric slots
-    hold non-trivial floats, and every distinct set holds ``distinct_capacity`` ids of
-    ``id_len`` characters (the sketch's cap). Real entities are far smaller (see measured sizes).
+    Every bucket a ring can hold (window + delay + grace, plus one) is present, and every
+    distinct set and running map holds ``distinct_capacity`` value hashes (the sketch's cap);
+    keys and ``last`` values are ``id_len`` characters. Real entities are far smaller (see
+    measured sizes).
     """
-    cap = engine.feature_set.distinct_capacity
     out = {}
     for g in engine._groups:
-        st = g.new_state()
-        st[0] = T0
-        st[1] = ["x" * id_len for _ in st[1]]
-        for spec, ring in zip(g.specs, st[2]):
-            ids = {f"{j:0{id_len}d}" for j in range(cap)}
-            if spec.lifetime:
-                row = ring[2]
-                buckets = []
-            else:
-                keep = spec.n + spec.d + math.ceil(engine.feature_set.grace_ms / spec.res) + 1
-                ring[0] = T0 // spec.res
-                ring[1] = {ring[0] - j: spec._zeros(set) for j in range(keep)}
-                buckets = list(ring[1].values())
-                row = ring[2]
-            for r in [row, *buckets]:
-                r[0], r[1], r[2] = 123456, 1234, 123
-                for o in spec.voffs:
-                    r[o:o + 5] = [12345, 1234567.891, 98765432.123, 0.01, 99999.99]
-                for o in spec.doffs:
-                    r[o] = set(ids) if isinstance(r[o], set) else dict.fromkeys(ids, 1)
-        out[g.prefix.decode().split(".")[0]] = len(g.prefix) + 12 + len(encode(st))
+        st = g.kernel.worst_case_state(T0, "x" * id_len)
+        out[g.prefix.decode().split(".")[0]] = len(g.prefix) + id_len + len(encode(st))
     return out
 
 

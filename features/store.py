@@ -21,6 +21,9 @@ import marshal
 import struct
 from typing import Any, Iterator, Protocol, runtime_checkable
 
+from features._kernel import FORMAT as _KERNEL_FORMAT
+from features._kernel import State as _State
+from features._kernel import decode_state as _decode_state
 from features.exceptions import FeatureError
 
 __all__ = ["StateStore", "DictStore", "encode", "decode", "entry_time", "FORMAT_VERSION"]
@@ -79,17 +82,27 @@ class DictStore:
         return iter(self.data)
 
 
-def encode(value: list) -> bytes:
-    """Serialise a state object or index entry: version byte, event time, marshal payload."""
+def encode(value: Any) -> bytes:
+    """Serialise an entity's feature state (:class:`features._kernel.State`, format 2) or any
+    other stored list (label index entries, scorer snapshots; format 1, marshal): version byte,
+    event time, payload."""
+    if type(value) is _State:
+        return value.encode()
     return _HEADER.pack(FORMAT_VERSION, value[0]) + marshal.dumps(value, _MARSHAL_VERSION)
 
 
-def decode(data: bytes | memoryview) -> list:
+def decode(data: bytes | memoryview) -> Any:
     """Inverse of :func:`encode`."""
-    if not data or data[0] != FORMAT_VERSION:
-        raise FeatureError(f"state value has format {data[0] if data else None!r}, "
-                           f"expected {FORMAT_VERSION}")
-    return marshal.loads(memoryview(data)[_HEADER.size:])
+    fmt = data[0] if data else None
+    if fmt == FORMAT_VERSION:
+        return marshal.loads(memoryview(data)[_HEADER.size:])
+    if fmt == _KERNEL_FORMAT:
+        try:
+            return _decode_state(data)
+        except ValueError as exc:
+            raise FeatureError(f"corrupt feature state: {exc}") from None
+    raise FeatureError(f"state value has format {fmt!r}, expected {FORMAT_VERSION} or "
+                       f"{_KERNEL_FORMAT}")
 
 
 def entry_time(data: bytes | memoryview) -> int:

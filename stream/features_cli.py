@@ -58,7 +58,7 @@ def check_cmd(file: str | None) -> None:
         click.echo(name)
     groups = engine._groups  # noqa: SLF001 - summary for humans
     click.echo(f"# {len(engine.names)} features, {len(groups)} entity groups, "
-               f"{sum(len(g.specs) for g in groups)} windows; grace {fs.grace}, ttl {fs.ttl}",
+               f"{sum(len(g.rings) for g in groups)} windows; grace {fs.grace}, ttl {fs.ttl}",
                err=True)
 
 

@@ -3,8 +3,13 @@
 :class:`CachedStore` implements :class:`features.store.StateStore` over a bytes backend (RocksDB or
 memory). ``get`` returns the cached object itself; the engine changes it in place and calls
 ``put``, which only marks it dirty. Dirty objects are encoded (:func:`features.store.encode`) when
-they are evicted (least recently used first) or on :meth:`CachedStore.flush`, and written as one
-write batch. :meth:`CachedStore.flush` returns every key written since the previous flush with its
+they are evicted or on :meth:`CachedStore.flush`, and written as one write batch.
+
+Eviction approximates least-recently-used with two generations: objects read or written go to the
+young generation; when the cache is full, objects are evicted oldest first from the old one, and
+when the old generation is empty the young one becomes old. A hit in the young generation is a
+single dict lookup (a strict LRU moves the key on every hit, which on a large dict costs more
+than the lookup); an object touched again while old moves back to the young generation. :meth:`CachedStore.flush` returns every key written since the previous flush with its
 encoded value (``None`` for a delete): exactly what a changelog topic needs.
 """
 
@@ -34,7 +39,7 @@ class Backend(Protocol):
 
 
 class CachedStore:
-    """A :class:`~features.store.StateStore` with an LRU write-back cache over ``backend``.
+    """A :class:`~features.store.StateStore` with a write-back cache over ``backend``.
 
     ``capacity`` is the number of live objects kept; ``batch_size`` the number of encoded writes
     (evictions, cold puts, deletes) buffered before they go to the backend in one batch.
@@ -49,7 +54,8 @@ class CachedStore:
         self.capacity = capacity
         self.batch_size = batch_size
         self._encode, self._decode = encode, decode
-        self._cache: dict[bytes, Any] = {}
+        self._young: dict[bytes, Any] = {}
+        self._old: dict[bytes, Any] = {}
         self._dirty: set[bytes] = set()
         self._pending: dict[bytes, bytes | None] = {}   # encoded, not yet in the backend
         self._changes: dict[bytes, bytes | None] = {}   # written since the last flush()
@@ -58,55 +64,63 @@ class CachedStore:
 
     # ------------------------------------------------------------------ StateStore
     def get(self, key: bytes) -> Any | None:
-        cache = self._cache
-        value = cache.pop(key, _MISSING)
-        if value is not _MISSING:
-            cache[key] = value  # most recently used goes last
+        young = self._young
+        value = young.get(key)
+        if value is not None:
             self.hits += 1
             return value
-        self.misses += 1
-        raw = self._pending.get(key, _MISSING)
-        if raw is _MISSING:
-            raw = self.backend.get(key)
-        if raw is None:
-            return None
-        value = self._decode(raw)
-        cache[key] = value
-        if len(cache) > self.capacity:
+        value = self._old.pop(key, None)
+        if value is not None:
+            self.hits += 1
+        else:
+            self.misses += 1
+            raw = self._pending.get(key, _MISSING)
+            if raw is _MISSING:
+                raw = self.backend.get(key)
+            if raw is None:
+                return None
+            value = self._decode(raw)
+        young[key] = value
+        if len(young) + len(self._old) > self.capacity:
             self._evict()
         return value
 
     def put(self, key: bytes, value: Any, *, cache: bool = True) -> None:
         if cache:
-            if self._cache.get(key) is not value:
-                self._cache.pop(key, None)
-                self._cache[key] = value
-                if len(self._cache) > self.capacity:
+            young = self._young
+            if young.get(key) is not value:
+                self._old.pop(key, None)
+                young[key] = value
+                if len(young) + len(self._old) > self.capacity:
                     self._evict()
             self._dirty.add(key)
         else:
-            self._cache.pop(key, None)
+            self._young.pop(key, None)
+            self._old.pop(key, None)
             self._dirty.discard(key)
             self._stage(key, self._encode(value))
 
     def delete(self, key: bytes) -> None:
-        self._cache.pop(key, None)
+        self._young.pop(key, None)
+        self._old.pop(key, None)
         self._dirty.discard(key)
         self._stage(key, None)
 
     # ------------------------------------------------------------------ batching
     def _evict(self) -> None:
-        cache, dirty = self._cache, self._dirty
-        excess = len(cache) - self.capacity
+        if not self._old:  # a new generation: what was young is now the oldest
+            self._old, self._young = self._young, {}
+        old, dirty = self._old, self._dirty
+        excess = len(old) + len(self._young) - self.capacity
         # Evict in chunks of 1/64 of the capacity so eviction cost is amortised.
         count = max(excess, self.capacity // 64, 1)
         victims = []
-        for key in cache:
+        for key in old:
             victims.append(key)
             if len(victims) >= count:
                 break
         for key in victims:
-            value = cache.pop(key)
+            value = old.pop(key)
             if key in dirty:
                 dirty.discard(key)
                 self._stage(key, self._encode(value))
@@ -135,16 +149,18 @@ class CachedStore:
 
     def _write_dirty(self) -> None:
         """Write every dirty object to the backend, keeping the changes for the next flush."""
-        cache = self._cache
+        young, old = self._young, self._old
         for key in self._dirty:
-            self._pending[key] = self._encode(cache[key])
+            value = young.get(key)
+            self._pending[key] = self._encode(value if value is not None else old[key])
         self._dirty.clear()
         self._write_pending()
 
     def drop_cache(self) -> None:
         """Flush, then forget every cached object (reads go to the backend again)."""
         self.flush()
-        self._cache.clear()
+        self._young.clear()
+        self._old.clear()
 
     # ------------------------------------------------------------------ maintenance
     def expire(self, before_ms: int) -> int:
@@ -173,7 +189,8 @@ class CachedStore:
 
     def close(self) -> None:
         self.flush()
-        self._cache.clear()
+        self._young.clear()
+        self._old.clear()
         self.backend.close()
 
     def __enter__(self) -> "CachedStore":

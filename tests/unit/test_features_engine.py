@@ -9,7 +9,7 @@ import pytest
 from features.definitions import Feature, FeatureSet
 from features.engine import FeatureEngine
 from features.exceptions import FeatureConfigError, FeatureError
-from features.rings import sampled
+from features._kernel import sampled
 from features.store import DictStore
 from features.default import default_feature_set
 from stream.state import CachedStore, MemoryBackend, RocksBackend, open_store

@@ -1,0 +1,1295 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True, infer_types=False
+"""The feature engine's compiled kernel: per-entity window state in C memory and the functions
+that fold events and labels into it and read features out of it.
+
+One :class:`State` per entity holds the entity's latest event time, its ``last`` values and one
+*ring* per window of its group (same length, delay and resolution). A ring keeps, per time
+bucket, a count, label counts and for each numeric field its count, sum, sum of squares, min and
+max, and for each distinct-count field the set of value hashes seen in the bucket; plus the
+running total of the buckets inside the window seen from the head bucket (the bucket of the
+latest event), where a distinct field holds ``{hash: number of window buckets containing it}``.
+An in-order event therefore updates its bucket and the running total and reads its window in
+O(1); expiring a bucket is a subtraction. Out-of-order events (within the grace period) update
+their own bucket and read their own window by scanning buckets.
+
+The state is plain C memory (no Python objects except the ``last`` values), so it costs the
+cyclic garbage collector nothing, serialises with a few ``memcpy`` calls (:meth:`State.encode`)
+and decodes without knowing its feature set: the encoding describes its own layout.
+
+Distinct values are identified by a 64-bit hash of their text (``str(value)`` as UTF-8; FNV-1a
+with a murmur3 finaliser, stable across runs and machines). Two different values collide with
+probability about ``n**2 / 2**65`` for ``n`` values in a window: below 1e-13 for a thousand.
+Past ``capacity`` values in a window the ring keeps only hashes whose low ``level`` bits are zero
+and reports ``retained << level`` (distinct sampling; see docs/features.md for the error bound).
+
+The numbers are IEEE doubles summed in a fixed order, so the same stream gives the same bits
+whatever the batching, the cache or the backend. The encoding is native byte order
+(little-endian on every machine fraudstream supports).
+"""
+
+from libc.stdlib cimport malloc, realloc, free, qsort
+from libc.string cimport memcpy, memmove, memset
+from libc.math cimport sqrt, INFINITY, NAN, isnan
+from libc.stdint cimport uint64_t, int64_t, uint32_t, uint8_t, int32_t
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.ref cimport PyObject
+from cpython.exc cimport PyErr_NoMemory
+from marshal import dumps as _mdumps, loads as _mloads
+
+cdef extern from "Python.h":
+    const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
+
+__all__ = ["State", "GroupKernel", "hash_value", "sampled", "FORMAT", "AGG_CODES"]
+
+#: First byte of an encoded :class:`State` (``features.store`` dispatches on it).
+FORMAT = 2
+
+# Slot layout of a bucket and of the running total.
+DEF COUNT = 0
+DEF LABELED = 1
+DEF FRAUD = 2
+DEF HEAD = 3
+DEF VW = 5          # per numeric field: n, sum, sum of squares, min, max
+
+AGG_CODES = {"count": 0, "fraud_count": 1, "fraud_rate": 2, "distinct": 3, "sum": 4,
+             "mean": 5, "std": 6, "min": 7, "max": 8, "ratio_to_mean": 9, "zscore": 10}
+DEF A_COUNT = 0
+DEF A_FCOUNT = 1
+DEF A_FRATE = 2
+DEF A_DISTINCT = 3
+DEF A_SUM = 4
+DEF A_MEAN = 5
+DEF A_STD = 6
+DEF A_MIN = 7
+DEF A_MAX = 8
+DEF A_RATIO = 9
+DEF A_ZSCORE = 10
+
+# Variances below this fraction of the mean square are rounding noise (sum-of-squares formula).
+DEF VAR_EPS = 1e-9
+
+
+# ---------------------------------------------------------------------- hashing
+cdef inline uint64_t _fmix(uint64_t h) noexcept nogil:
+    h ^= h >> 33
+    h *= <uint64_t>0xff51afd7ed558ccd
+    h ^= h >> 33
+    h *= <uint64_t>0xc4ceb9fe1a85ec53
+    h ^= h >> 33
+    return h
+
+
+cdef inline uint64_t _hash_bytes(const char* s, Py_ssize_t n) noexcept nogil:
+    cdef uint64_t h = <uint64_t>0xcbf29ce484222325
+    cdef Py_ssize_t i
+    for i in range(n):
+        h ^= <uint8_t>s[i]
+        h *= <uint64_t>0x100000001b3
+    h = _fmix(h)
+    return h if h else 1          # 0 marks an empty slot
+
+
+cdef uint64_t _hash(object v) except 0:
+    cdef Py_ssize_t n
+    cdef const char* s
+    if type(v) is not str:
+        v = str(v)
+    s = PyUnicode_AsUTF8AndSize(v, &n)
+    return _hash_bytes(s, n)
+
+
+def hash_value(value) -> int:
+    """The 64-bit hash a distinct count identifies ``value`` by (never 0)."""
+    return _hash(value)
+
+
+cdef inline bint _sampled(uint64_t h, int level) noexcept nogil:
+    return level == 0 or (h & ((<uint64_t>1 << level) - 1)) == 0
+
+
+def sampled(value, int level) -> bool:
+    """Whether ``value`` survives distinct sampling at ``level`` (deterministic across runs)."""
+    return _sampled(_hash(value), level)
+
+
+# ---------------------------------------------------------------------- small sets and maps
+# A bucket's distinct values: an unsorted array of hashes (small; linear search).
+ctypedef struct HSet:
+    uint32_t n
+    uint32_t cap
+    uint64_t* a
+
+
+cdef inline bint _hs_has(HSet* s, uint64_t h) noexcept nogil:
+    cdef uint32_t i
+    for i in range(s.n):
+        if s.a[i] == h:
+            return True
+    return False
+
+
+cdef int _hs_add(HSet* s, uint64_t h) except -1:
+    cdef uint32_t cap
+    cdef uint64_t* a
+    if s.n == s.cap:
+        cap = s.cap * 2 if s.cap else 4
+        a = <uint64_t*>realloc(s.a, cap * sizeof(uint64_t))
+        if a == NULL:
+            PyErr_NoMemory()
+            return -1
+        s.a, s.cap = a, cap
+    s.a[s.n] = h
+    s.n += 1
+    return 0
+
+
+cdef inline void _hs_free(HSet* s) noexcept nogil:
+    free(s.a)
+    s.a = NULL
+    s.n = s.cap = 0
+
+
+# The running total's distinct values: open addressing (linear probing, backward-shift delete),
+# hash -> number of window buckets holding it. Capacity is a power of two, load <= 1/2.
+ctypedef struct HMap:
+    uint32_t n
+    uint32_t cap
+    uint64_t* keys
+    uint32_t* vals
+
+
+cdef inline uint32_t _hm_slot(HMap* m, uint64_t h) noexcept nogil:
+    cdef uint32_t mask = m.cap - 1
+    cdef uint32_t i = <uint32_t>(h & mask)
+    while m.keys[i] != 0 and m.keys[i] != h:
+        i = (i + 1) & mask
+    return i
+
+
+cdef int _hm_grow(HMap* m) except -1:
+    cdef uint32_t cap = m.cap * 2 if m.cap else 8
+    cdef uint64_t* oldk = m.keys
+    cdef uint32_t* oldv = m.vals
+    cdef uint32_t oldcap = m.cap, i, j
+    m.keys = <uint64_t*>malloc(cap * sizeof(uint64_t))
+    m.vals = <uint32_t*>malloc(cap * sizeof(uint32_t))
+    if m.keys == NULL or m.vals == NULL:
+        free(m.keys)
+        free(m.vals)
+        m.keys, m.vals = oldk, oldv
+        PyErr_NoMemory()
+        return -1
+    memset(m.keys, 0, cap * sizeof(uint64_t))
+    m.cap = cap
+    for i in range(oldcap):
+        if oldk[i]:
+            j = _hm_slot(m, oldk[i])
+            m.keys[j] = oldk[i]
+            m.vals[j] = oldv[i]
+    free(oldk)
+    free(oldv)
+    return 0
+
+
+cdef inline uint32_t _hm_get(HMap* m, uint64_t h) noexcept nogil:
+    if m.cap == 0:
+        return 0
+    cdef uint32_t i = _hm_slot(m, h)
+    return m.vals[i] if m.keys[i] else 0
+
+
+cdef int _hm_incr(HMap* m, uint64_t h) except -1:
+    """Add one to ``h``'s count (inserting it at 1)."""
+    cdef uint32_t i
+    if (m.n + 1) * 2 > m.cap:
+        _hm_grow(m)
+    i = _hm_slot(m, h)
+    if m.keys[i]:
+        m.vals[i] += 1
+    else:
+        m.keys[i] = h
+        m.vals[i] = 1
+        m.n += 1
+    return 0
+
+
+cdef void _hm_remove_at(HMap* m, uint32_t i) noexcept nogil:
+    """Empty slot ``i`` and shift later keys of its probe run back (no tombstones)."""
+    cdef uint32_t mask = m.cap - 1
+    cdef uint32_t j = i, k
+    cdef bint home_between
+    m.keys[i] = 0
+    m.n -= 1
+    while True:
+        j = (j + 1) & mask
+        if m.keys[j] == 0:
+            return
+        k = <uint32_t>(m.keys[j] & mask)
+        # keys[j] may move back into the hole at i unless its home k lies cyclically in (i, j].
+        if i <= j:
+            home_between = i < k and k <= j
+        else:
+            home_between = k > i or k <= j
+        if not home_between:
+            m.keys[i] = m.keys[j]
+            m.vals[i] = m.vals[j]
+            m.keys[j] = 0
+            i = j
+
+
+cdef inline void _hm_decr(HMap* m, uint64_t h) noexcept nogil:
+    """Subtract one from ``h``'s count, removing it at 0 (``h`` must be present)."""
+    if m.cap == 0:
+        return
+    cdef uint32_t i = _hm_slot(m, h)
+    if m.keys[i] == 0:
+        return
+    if m.vals[i] > 1:
+        m.vals[i] -= 1
+    else:
+        _hm_remove_at(m, i)
+
+
+cdef inline void _hm_clear(HMap* m) noexcept nogil:
+    if m.cap:
+        memset(m.keys, 0, m.cap * sizeof(uint64_t))
+    m.n = 0
+
+
+cdef inline void _hm_free(HMap* m) noexcept nogil:
+    free(m.keys)
+    free(m.vals)
+    m.keys = NULL
+    m.vals = NULL
+    m.n = m.cap = 0
+
+
+# ---------------------------------------------------------------------- rings
+ctypedef struct Ring:
+    int64_t head          # bucket of the latest event time (-1 before the first event)
+    int32_t nb            # buckets held, sorted by index
+    int32_t capb
+    int32_t width         # slots per bucket
+    int32_t nv            # numeric fields
+    int32_t nd            # distinct fields
+    int32_t lifetime
+    int64_t* bidx         # nb bucket indexes, ascending
+    double* bs            # nb * width slots
+    HSet* bset            # nb * nd distinct sets
+    double* run           # width slots; a NaN min marks min/max to recompute
+    HMap* rmap            # nd maps
+    uint8_t* levels       # nd sampling levels
+
+
+cdef inline int64_t _fdiv(int64_t a, int64_t b) noexcept nogil:
+    cdef int64_t q = a / b
+    if (a % b != 0) and ((a < 0) != (b < 0)):
+        q -= 1
+    return q
+
+
+cdef inline void _zero_slots(double* row, int nv) noexcept nogil:
+    cdef int j, o
+    row[COUNT] = 0
+    row[LABELED] = 0
+    row[FRAUD] = 0
+    for j in range(nv):
+        o = HEAD + VW * j
+        row[o] = 0
+        row[o + 1] = 0.0
+        row[o + 2] = 0.0
+        row[o + 3] = INFINITY
+        row[o + 4] = -INFINITY
+
+
+cdef int _ring_init(Ring* r, int nv, int nd, bint lifetime) except -1:
+    memset(r, 0, sizeof(Ring))
+    r.head = -1
+    r.nv, r.nd, r.lifetime = nv, nd, lifetime
+    r.width = HEAD + VW * nv
+    r.run = <double*>malloc(r.width * sizeof(double))
+    r.rmap = <HMap*>malloc((nd or 1) * sizeof(HMap))
+    r.levels = <uint8_t*>malloc(nd or 1)
+    if r.run == NULL or r.rmap == NULL or r.levels == NULL:
+        PyErr_NoMemory()
+        return -1
+    _zero_slots(r.run, nv)
+    memset(r.rmap, 0, (nd or 1) * sizeof(HMap))
+    memset(r.levels, 0, nd or 1)
+    return 0
+
+
+cdef void _ring_free(Ring* r) noexcept nogil:
+    cdef int i, k
+    for i in range(r.nb * r.nd):
+        _hs_free(&r.bset[i])
+    for k in range(r.nd):
+        _hm_free(&r.rmap[k])
+    free(r.bidx)
+    free(r.bs)
+    free(r.bset)
+    free(r.run)
+    free(r.rmap)
+    free(r.levels)
+    memset(r, 0, sizeof(Ring))
+
+
+cdef int _ring_reserve(Ring* r, int32_t want) except -1:
+    cdef int32_t cap
+    cdef void* p
+    if want <= r.capb:
+        return 0
+    cap = r.capb * 2 if r.capb else 4
+    while cap < want:
+        cap *= 2
+    p = realloc(r.bidx, cap * sizeof(int64_t))
+    if p == NULL:
+        PyErr_NoMemory()
+        return -1
+    r.bidx = <int64_t*>p
+    p = realloc(r.bs, cap * r.width * sizeof(double))
+    if p == NULL:
+        PyErr_NoMemory()
+        return -1
+    r.bs = <double*>p
+    if r.nd:
+        p = realloc(r.bset, cap * r.nd * sizeof(HSet))
+        if p == NULL:
+            PyErr_NoMemory()
+            return -1
+        r.bset = <HSet*>p
+    r.capb = cap
+    return 0
+
+
+cdef inline int32_t _find(Ring* r, int64_t b) noexcept nogil:
+    """Position of the first bucket whose index is >= ``b``."""
+    cdef int32_t lo = 0, hi = r.nb, mid
+    if hi and r.bidx[hi - 1] < b:        # the common case: appending at the end
+        return hi
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if r.bidx[mid] < b:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef int32_t _bucket(Ring* r, int64_t b) except -1:
+    """Position of bucket ``b``, inserted empty if absent."""
+    cdef int32_t p = _find(r, b), w = r.width, nd = r.nd
+    if p < r.nb and r.bidx[p] == b:
+        return p
+    _ring_reserve(r, r.nb + 1)
+    if p < r.nb:
+        memmove(&r.bidx[p + 1], &r.bidx[p], (r.nb - p) * sizeof(int64_t))
+        memmove(&r.bs[(p + 1) * w], &r.bs[p * w], (r.nb - p) * w * sizeof(double))
+        if nd:
+            memmove(&r.bset[(p + 1) * nd], &r.bset[p * nd], (r.nb - p) * nd * sizeof(HSet))
+    r.bidx[p] = b
+    _zero_slots(&r.bs[p * w], r.nv)
+    if nd:
+        memset(&r.bset[p * nd], 0, nd * sizeof(HSet))
+    r.nb += 1
+    return p
+
+
+cdef void _drop_prefix(Ring* r, int32_t m) noexcept nogil:
+    """Remove the first ``m`` buckets."""
+    cdef int32_t i, w = r.width, nd = r.nd
+    if m <= 0:
+        return
+    for i in range(m * nd):
+        _hs_free(&r.bset[i])
+    if m < r.nb:
+        memmove(r.bidx, &r.bidx[m], (r.nb - m) * sizeof(int64_t))
+        memmove(r.bs, &r.bs[m * w], (r.nb - m) * w * sizeof(double))
+        if nd:
+            memmove(r.bset, &r.bset[m * nd], (r.nb - m) * nd * sizeof(HSet))
+    r.nb -= m
+
+
+cdef int _add(Ring* r, int32_t p) except -1:
+    """Add bucket at position ``p`` into the running total."""
+    cdef double* run = r.run
+    cdef double* b = &r.bs[p * r.width]
+    cdef int j, o, k
+    cdef uint32_t i
+    cdef HSet* s
+    run[COUNT] += b[COUNT]
+    run[LABELED] += b[LABELED]
+    run[FRAUD] += b[FRAUD]
+    for j in range(r.nv):
+        o = HEAD + VW * j
+        if b[o]:
+            run[o] += b[o]
+            run[o + 1] += b[o + 1]
+            run[o + 2] += b[o + 2]
+            if not isnan(run[o + 3]):
+                if b[o + 3] < run[o + 3]:
+                    run[o + 3] = b[o + 3]
+                if b[o + 4] > run[o + 4]:
+                    run[o + 4] = b[o + 4]
+    for k in range(r.nd):
+        s = &r.bset[p * r.nd + k]
+        for i in range(s.n):
+            _hm_incr(&r.rmap[k], s.a[i])
+    return 0
+
+
+cdef void _sub(Ring* r, int32_t p) noexcept nogil:
+    """Subtract bucket at position ``p`` from the running total."""
+    cdef double* run = r.run
+    cdef double* b = &r.bs[p * r.width]
+    cdef double left
+    cdef int j, o, k
+    cdef uint32_t i
+    cdef HSet* s
+    run[COUNT] -= b[COUNT]
+    run[LABELED] -= b[LABELED]
+    run[FRAUD] -= b[FRAUD]
+    for j in range(r.nv):
+        o = HEAD + VW * j
+        if b[o]:
+            left = run[o] - b[o]
+            run[o] = left
+            if left:
+                run[o + 1] -= b[o + 1]
+                run[o + 2] -= b[o + 2]
+                # The window's extremes may have left with this bucket: recompute lazily.
+                if not isnan(run[o + 3]) and (b[o + 3] <= run[o + 3] or b[o + 4] >= run[o + 4]):
+                    run[o + 3] = NAN
+                    run[o + 4] = NAN
+            else:  # an empty window sums to exactly zero, whatever rounding came before
+                run[o + 1] = 0.0
+                run[o + 2] = 0.0
+                run[o + 3] = INFINITY
+                run[o + 4] = -INFINITY
+    for k in range(r.nd):
+        s = &r.bset[p * r.nd + k]
+        for i in range(s.n):
+            _hm_decr(&r.rmap[k], s.a[i])
+
+
+cdef int _clear_run(Ring* r) except -1:
+    cdef int k
+    _zero_slots(r.run, r.nv)
+    for k in range(r.nd):
+        _hm_clear(&r.rmap[k])
+    return 0
+
+
+cdef int _rebuild(Ring* r, int64_t n, int64_t d) except -1:
+    cdef int32_t p
+    _clear_run(r)
+    for p in range(_find(r, r.head - d - n + 1), _find(r, r.head - d + 1)):
+        _add(r, p)
+    return 0
+
+
+# ---------------------------------------------------------------------- ring specs
+cdef class _Spec:
+    """The window of one ring (lengths in buckets) and its readers."""
+    cdef int64_t n, d, res, grace
+    cdef bint lifetime, minmax
+    cdef int nv, nd, capacity
+    cdef list vfields, dfields          # field names (str)
+    cdef list rnames                    # reader: output name
+    cdef int[:] rcodes                  # reader: aggregation code
+    cdef int[:] rargs                   # reader: numeric field or distinct field index
+    cdef list rfields                   # reader: the event field (ratio_to_mean, zscore)
+    cdef object _keep
+
+
+cdef int _raise_level(_Spec sp, Ring* r, int k) except -1:
+    cdef int level, biggest
+    cdef uint32_t i, j
+    cdef int32_t p
+    cdef HSet* s
+    cdef HMap* m
+    cdef uint64_t h
+    while True:
+        r.levels[k] += 1
+        level = r.levels[k]
+        biggest = 0
+        if sp.lifetime:
+            m = &r.rmap[k]
+            i = 0
+            while i < m.cap:
+                h = m.keys[i]
+                if h and not _sampled(h, level):
+                    _hm_remove_at(m, i)   # a shifted key may land at i: look at it again
+                    continue
+                i += 1
+            biggest = m.n
+        else:
+            for p in range(r.nb):
+                s = &r.bset[p * r.nd + k]
+                j = 0
+                for i in range(s.n):
+                    if _sampled(s.a[i], level):
+                        s.a[j] = s.a[i]
+                        j += 1
+                s.n = j
+                if <int>j > biggest:
+                    biggest = j
+            _rebuild(r, sp.n, sp.d)
+            if <int>r.rmap[k].n > biggest:
+                biggest = r.rmap[k].n
+        if biggest <= sp.capacity:
+            return 0
+
+
+cdef void _maybe_reset_levels(Ring* r) noexcept nogil:
+    cdef int k
+    cdef int32_t p
+    cdef bint empty
+    for k in range(r.nd):
+        if r.levels[k] and r.rmap[k].n == 0:
+            empty = True
+            for p in range(r.nb):
+                if r.bset[p * r.nd + k].n:
+                    empty = False
+                    break
+            if empty:
+                r.levels[k] = 0
+
+
+cdef int _advance(_Spec sp, Ring* r, int64_t max_t) except -1:
+    """Move the head to the bucket of ``max_t``, expiring and pruning buckets."""
+    cdef int64_t new = _fdiv(max_t, sp.res), old = r.head, n = sp.n, d = sp.d, gap, i, horizon
+    cdef int32_t p, dead
+    if new <= old:
+        return 0
+    r.head = new
+    if r.nb == 0:
+        return 0
+    gap = new - old
+    if gap >= n + d:  # every existing bucket (all <= old) is behind the new window
+        _clear_run(r)
+    elif gap >= n:
+        _rebuild(r, n, d)
+    else:  # buckets are sorted: visit only those leaving or entering the window
+        for p in range(_find(r, old - d - n + 1), _find(r, new - d - n + 1)):
+            _sub(r, p)
+        if d:
+            for p in range(_find(r, old - d + 1), _find(r, new - d + 1)):
+                _add(r, p)
+    # Buckets no non-late event can read again.
+    horizon = _fdiv(max_t - sp.grace, sp.res) - d - n
+    dead = 0
+    while dead < r.nb and r.bidx[dead] <= horizon:
+        dead += 1
+    _drop_prefix(r, dead)
+    if r.nd and r.run[COUNT] == 0:
+        _maybe_reset_levels(r)
+    return 0
+
+
+cdef int _recompute_minmax(_Spec sp, Ring* r, int64_t b) except -1:
+    cdef int64_t lo = b - sp.d - sp.n, hi = b - sp.d
+    cdef int j, o
+    cdef int32_t p
+    cdef double mn, mx
+    cdef double* bk
+    for j in range(r.nv):
+        o = HEAD + VW * j
+        if isnan(r.run[o + 3]):
+            mn, mx = INFINITY, -INFINITY
+            for p in range(_find(r, lo + 1), _find(r, hi + 1)):
+                bk = &r.bs[p * r.width]
+                if bk[o]:
+                    if bk[o + 3] < mn:
+                        mn = bk[o + 3]
+                    if bk[o + 4] > mx:
+                        mx = bk[o + 4]
+            r.run[o + 3], r.run[o + 4] = mn, mx
+    return 0
+
+
+cdef int _scan(_Spec sp, Ring* r, int64_t b, double* row, int64_t* dcounts) except -1:
+    """The window seen from bucket ``b`` by summing buckets: slots into ``row``, distinct
+    counts (before scaling by the level) into ``dcounts``."""
+    cdef int64_t lo = b - sp.d - sp.n, hi = b - sp.d
+    cdef int j, o, k
+    cdef int32_t p
+    cdef uint32_t i
+    cdef double* bk
+    cdef HMap tmp
+    cdef HSet* s
+    cdef int32_t first = _find(r, lo + 1), last = _find(r, hi + 1)
+    _zero_slots(row, r.nv)
+    for p in range(first, last):
+        bk = &r.bs[p * r.width]
+        row[COUNT] += bk[COUNT]
+        row[LABELED] += bk[LABELED]
+        row[FRAUD] += bk[FRAUD]
+        for j in range(r.nv):
+            o = HEAD + VW * j
+            if bk[o]:
+                row[o] += bk[o]
+                row[o + 1] += bk[o + 1]
+                row[o + 2] += bk[o + 2]
+                if bk[o + 3] < row[o + 3]:
+                    row[o + 3] = bk[o + 3]
+                if bk[o + 4] > row[o + 4]:
+                    row[o + 4] = bk[o + 4]
+    for k in range(r.nd):
+        memset(&tmp, 0, sizeof(HMap))
+        try:
+            for p in range(first, last):
+                s = &r.bset[p * r.nd + k]
+                for i in range(s.n):
+                    _hm_incr(&tmp, s.a[i])
+            dcounts[k] = tmp.n
+        finally:
+            _hm_free(&tmp)
+    return 0
+
+
+cdef inline double _mean_std(double n, double s, double q, double* mean) noexcept nogil:
+    """Writes the mean, returns the standard deviation (0 when within rounding noise)."""
+    cdef double var
+    if not n:
+        mean[0] = 0.0
+        return 0.0
+    mean[0] = s / n
+    var = q / n - mean[0] * mean[0]
+    if var <= VAR_EPS * (q / n):
+        return 0.0
+    return sqrt(var)
+
+
+cdef int _write(_Spec sp, Ring* r, double* row, int64_t* dcounts, dict vals, dict out) except -1:
+    """Write the ring's features from ``row`` (a running total or a scan) into ``out``."""
+    cdef int i, code, a, o
+    cdef double n, s, q, mean, std, v
+    cdef object x, val
+    cdef PyObject* ptr
+    for i in range(len(sp.rnames)):
+        code = sp.rcodes[i]
+        a = sp.rargs[i]
+        if code == A_COUNT:
+            val = <long long>row[COUNT]
+        elif code == A_FCOUNT:
+            val = <long long>row[FRAUD]
+        elif code == A_FRATE:
+            val = row[FRAUD] / row[LABELED] if row[LABELED] else 0.0
+        elif code == A_DISTINCT:
+            val = (dcounts[a] if dcounts != NULL else <long long>r.rmap[a].n) << r.levels[a]
+        else:
+            o = HEAD + VW * a
+            n, s, q = row[o], row[o + 1], row[o + 2]
+            if code == A_SUM:
+                val = s
+            elif code == A_MEAN:
+                val = s / n if n else 0.0
+            elif code == A_STD:
+                val = _mean_std(n, s, q, &mean)
+            elif code == A_MIN:
+                val = row[o + 3] if n else 0.0
+            elif code == A_MAX:
+                val = row[o + 4] if n else 0.0
+            else:
+                ptr = PyDict_GetItem(vals, sp.rfields[i])
+                if ptr == NULL or <object>ptr is None:
+                    val = 0.0
+                else:
+                    v = <double><object>ptr
+                    if code == A_RATIO:
+                        val = v * n / s if n and s else 0.0
+                    else:
+                        std = _mean_std(n, s, q, &mean)
+                        val = (v - mean) / std if std else 0.0
+        PyDict_SetItem(out, sp.rnames[i], val)
+    return 0
+
+
+cdef int _read_write(_Spec sp, Ring* r, int64_t t, dict vals, dict out) except -1:
+    """Write the features of the window seen from time ``t``, without folding."""
+    cdef int64_t b
+    cdef double* row
+    cdef int64_t* dc
+    if sp.lifetime:
+        return _write(sp, r, r.run, NULL, vals, out)
+    b = _fdiv(t, sp.res)
+    if b == r.head:
+        if sp.minmax:
+            _recompute_minmax(sp, r, b)
+        return _write(sp, r, r.run, NULL, vals, out)
+    row = <double*>malloc(r.width * sizeof(double) + (r.nd or 1) * sizeof(int64_t))
+    if row == NULL:
+        PyErr_NoMemory()
+        return -1
+    dc = <int64_t*>&row[r.width]
+    try:
+        _scan(sp, r, b, row, dc)
+        _write(sp, r, row, dc, vals, out)
+    finally:
+        free(row)
+    return 0
+
+
+cdef int _fold(_Spec sp, Ring* r, int64_t t, int64_t max_t, double* xs, bint* has,
+               uint64_t* hs) except -1:
+    """Fold one event at ``t`` (numeric values ``xs`` where ``has``; distinct hashes ``hs``,
+    0 = absent)."""
+    cdef double* run = r.run
+    cdef double* bk
+    cdef double v, sq
+    cdef int64_t b
+    cdef int32_t p
+    cdef int j, o, k, level
+    cdef bint inrun
+    cdef uint64_t h
+    cdef HSet* s
+    cdef HMap* m
+    if sp.lifetime:
+        run[COUNT] += 1
+        for j in range(r.nv):
+            if has[j]:
+                v = xs[j]
+                o = HEAD + VW * j
+                run[o] += 1
+                run[o + 1] += v
+                run[o + 2] += v * v
+                if v < run[o + 3]:
+                    run[o + 3] = v
+                if v > run[o + 4]:
+                    run[o + 4] = v
+        for k in range(r.nd):
+            h = hs[k]
+            if h and _hm_get(&r.rmap[k], h) == 0 and _sampled(h, r.levels[k]):
+                _hm_incr(&r.rmap[k], h)
+                if <int>r.rmap[k].n > sp.capacity:
+                    _raise_level(sp, r, k)
+        return 0
+    if _fdiv(max_t, sp.res) > r.head:
+        _advance(sp, r, max_t)
+    b = _fdiv(t, sp.res)
+    p = _bucket(r, b)
+    bk = &r.bs[p * r.width]
+    inrun = r.head - sp.d - sp.n < b <= r.head - sp.d
+    bk[COUNT] += 1
+    if inrun:
+        run[COUNT] += 1
+    for j in range(r.nv):
+        if has[j]:
+            v = xs[j]
+            sq = v * v
+            o = HEAD + VW * j
+            bk[o] += 1
+            bk[o + 1] += v
+            bk[o + 2] += sq
+            if v < bk[o + 3]:
+                bk[o + 3] = v
+            if v > bk[o + 4]:
+                bk[o + 4] = v
+            if inrun:
+                run[o] += 1
+                run[o + 1] += v
+                run[o + 2] += sq
+                if not isnan(run[o + 3]):
+                    if v < run[o + 3]:
+                        run[o + 3] = v
+                    if v > run[o + 4]:
+                        run[o + 4] = v
+    for k in range(r.nd):
+        h = hs[k]
+        if not h:
+            continue
+        s = &r.bset[p * r.nd + k]
+        level = r.levels[k]
+        if _hs_has(s, h) or not _sampled(h, level):
+            continue
+        _hs_add(s, h)
+        if inrun:
+            m = &r.rmap[k]
+            _hm_incr(m, h)
+            if <int>m.n > sp.capacity:
+                _raise_level(sp, r, k)
+        elif <int>s.n > sp.capacity:
+            _raise_level(sp, r, k)
+    return 0
+
+
+cdef int _fold_label(_Spec sp, Ring* r, int64_t event_t, int64_t max_t, double labeled,
+                     double fraud) except -1:
+    cdef int64_t b
+    cdef int32_t p
+    cdef double* bk
+    if sp.lifetime:
+        r.run[LABELED] += labeled
+        r.run[FRAUD] += fraud
+        return 0
+    b = _fdiv(event_t, sp.res)
+    if b <= _fdiv(max_t - sp.grace, sp.res) - sp.d - sp.n:
+        return 0  # no window that can still be read contains this bucket
+    p = _bucket(r, b)
+    bk = &r.bs[p * r.width]
+    bk[LABELED] += labeled
+    bk[FRAUD] += fraud
+    if r.head - sp.d - sp.n < b <= r.head - sp.d:
+        r.run[LABELED] += labeled
+        r.run[FRAUD] += fraud
+    return 0
+
+
+# ---------------------------------------------------------------------- entity state
+cdef class State:
+    """One entity's state: latest event time, ``last`` values and one ring per window."""
+    cdef readonly int64_t t
+    cdef public list last
+    cdef Ring* rings
+    cdef int nr
+
+    def __dealloc__(self):
+        cdef int i
+        if self.rings != NULL:
+            for i in range(self.nr):
+                _ring_free(&self.rings[i])
+            free(self.rings)
+            self.rings = NULL
+
+    def __getitem__(self, int i):
+        # ``state[0]`` is the entity's latest event time, as for every value in a state store.
+        if i != 0:
+            raise IndexError(i)
+        return self.t
+
+    def buckets(self) -> list:
+        """Buckets held per ring (for size accounting and tests)."""
+        return [self.rings[i].nb for i in range(self.nr)]
+
+    def encode(self) -> bytes:
+        """Serialise: format byte, event time (big-endian, like every stored value), layout and
+        contents (native byte order)."""
+        cdef bytes lastb = _mdumps(self.last, 4) if self.last else b""
+        cdef Py_ssize_t size = 9 + 1 + 4 + len(lastb)
+        cdef int i, k
+        cdef int32_t p
+        cdef Ring* r
+        for i in range(self.nr):
+            r = &self.rings[i]
+            size += 4 + 8 + 4 + r.nd + r.width * 8
+            for k in range(r.nd):
+                size += 4 + r.rmap[k].n * 12
+            size += r.nb * (8 + r.width * 8 + 4 * r.nd)
+            for p in range(r.nb * r.nd):
+                size += r.bset[p].n * 8
+        cdef bytes out = PyBytes_FromStringAndSize(NULL, size)
+        cdef char* w = PyBytes_AS_STRING(out)
+        cdef uint64_t ut = <uint64_t>self.t
+        cdef int j
+        w[0] = FORMAT
+        for j in range(8):
+            w[1 + j] = <char>((ut >> (56 - 8 * j)) & 0xff)
+        w += 9
+        w[0] = <char>self.nr
+        w += 1
+        w = _put32(w, len(lastb))
+        if lastb:
+            memcpy(w, <char*>lastb, len(lastb))
+            w += len(lastb)
+        for i in range(self.nr):
+            r = &self.rings[i]
+            w[0] = <char>r.lifetime
+            w[1] = <char>r.nv
+            w[2] = <char>r.nd
+            w[3] = 0
+            w += 4
+            memcpy(w, &r.head, 8)
+            w += 8
+            w = _put32(w, r.nb)
+            if r.nd:
+                memcpy(w, r.levels, r.nd)
+                w += r.nd
+            memcpy(w, r.run, r.width * 8)
+            w += r.width * 8
+            for k in range(r.nd):
+                w = _put_map(w, &r.rmap[k])
+            if r.nb:
+                memcpy(w, r.bidx, r.nb * 8)
+                w += r.nb * 8
+                memcpy(w, r.bs, r.nb * r.width * 8)
+                w += r.nb * r.width * 8
+            for p in range(r.nb * r.nd):
+                w = _put32(w, r.bset[p].n)
+                if r.bset[p].n:
+                    memcpy(w, r.bset[p].a, r.bset[p].n * 8)
+                    w += r.bset[p].n * 8
+        return out
+
+
+cdef inline char* _put32(char* w, uint32_t x) noexcept nogil:
+    memcpy(w, &x, 4)
+    return w + 4
+
+
+cdef int _cmp_u64(const void* a, const void* b) noexcept nogil:
+    cdef uint64_t x = (<const uint64_t*>a)[0], y = (<const uint64_t*>b)[0]
+    return (x > y) - (x < y)
+
+
+cdef char* _put_map(char* w, HMap* m) except NULL:
+    """Entries in ascending hash order, so equal maps encode to equal bytes whatever their
+    insertion history (which decides the slots of an open-addressing table)."""
+    cdef uint32_t i, n = 0
+    cdef uint64_t* keys
+    w = _put32(w, m.n)
+    if m.n == 0:
+        return w
+    keys = <uint64_t*>malloc(m.n * sizeof(uint64_t))
+    if keys == NULL:
+        PyErr_NoMemory()
+        return NULL
+    for i in range(m.cap):
+        if m.keys[i]:
+            keys[n] = m.keys[i]
+            n += 1
+    qsort(keys, n, sizeof(uint64_t), _cmp_u64)
+    for i in range(n):
+        memcpy(w, &keys[i], 8)
+        memcpy(w + 8, &m.vals[_hm_slot(m, keys[i])], 4)
+        w += 12
+    free(keys)
+    return w
+
+
+cdef class _Reader:
+    cdef const char* p
+    cdef const char* end
+
+    cdef const char* take(self, Py_ssize_t n) except NULL:
+        cdef const char* q = self.p
+        if n < 0 or self.end - self.p < n:
+            raise ValueError("truncated feature state")
+        self.p += n
+        return q
+
+    cdef uint32_t u32(self) except? 0xffffffff:
+        cdef uint32_t x
+        memcpy(&x, self.take(4), 4)
+        return x
+
+
+def decode_state(data) -> State:
+    """Inverse of :meth:`State.encode` (``data``: bytes or a buffer)."""
+    cdef const unsigned char[:] view = data
+    cdef Py_ssize_t n = view.shape[0]
+    if n < 10 or view[0] != FORMAT:
+        raise ValueError(f"not a feature state (format {view[0] if n else None!r})")
+    cdef _Reader rd = _Reader()
+    rd.p = <const char*>&view[0]
+    rd.end = rd.p + n
+    cdef State st = State.__new__(State)
+    cdef const char* q = rd.take(9)
+    cdef uint64_t ut = 0
+    cdef int j, i, k, nv, nd, lt
+    cdef uint32_t nb, cnt, e
+    cdef int32_t p
+    cdef Ring* r
+    cdef uint64_t key
+    cdef uint32_t val
+    for j in range(8):
+        ut = (ut << 8) | <uint8_t>q[1 + j]
+    st.t = <int64_t>ut
+    st.nr = <uint8_t>rd.take(1)[0]
+    cdef uint32_t lastn = rd.u32()
+    st.last = list(_mloads(rd.take(lastn)[:lastn])) if lastn else []
+    st.rings = <Ring*>malloc((st.nr or 1) * sizeof(Ring))
+    if st.rings == NULL:
+        raise MemoryError()
+    memset(st.rings, 0, (st.nr or 1) * sizeof(Ring))
+    for i in range(st.nr):
+        q = rd.take(4)
+        lt, nv, nd = <uint8_t>q[0], <uint8_t>q[1], <uint8_t>q[2]
+        r = &st.rings[i]
+        _ring_init(r, nv, nd, lt)
+        memcpy(&r.head, rd.take(8), 8)
+        nb = rd.u32()
+        if nd:
+            memcpy(r.levels, rd.take(nd), nd)
+        memcpy(r.run, rd.take(r.width * 8), r.width * 8)
+        for k in range(nd):
+            cnt = rd.u32()
+            for e in range(cnt):
+                q = rd.take(12)
+                memcpy(&key, q, 8)
+                memcpy(&val, q + 8, 4)
+                _hm_incr(&r.rmap[k], key)
+                r.rmap[k].vals[_hm_slot(&r.rmap[k], key)] = val
+        _ring_reserve(r, nb)
+        if nb:
+            memcpy(r.bidx, rd.take(nb * 8), nb * 8)
+            memcpy(r.bs, rd.take(nb * r.width * 8), nb * r.width * 8)
+        r.nb = nb
+        if nd:
+            memset(r.bset, 0, nb * nd * sizeof(HSet))
+        for p in range(<int32_t>(nb * nd)):
+            cnt = rd.u32()
+            q = rd.take(cnt * 8)
+            for e in range(cnt):
+                memcpy(&key, q + 8 * e, 8)
+                _hs_add(&r.bset[p], key)
+    if rd.p != rd.end:
+        raise ValueError("trailing bytes after feature state")
+    return st
+
+
+# ---------------------------------------------------------------------- groups
+DEF MAXF = 64
+
+
+cdef class GroupKernel:
+    """The rings of one entity group and the features they produce.
+
+    ``rings``: per ring ``(length_ms, delay_ms, resolution_ms, value_fields, distinct_fields,
+    readers)`` with ``readers`` a list of ``(name, aggregation, field)``; ``last_fields``: fields
+    whose previous value features read; ``prev_readers``: ``(name, index)`` with index -1 for the
+    time since the previous event, else a position in ``last_fields``.
+    """
+    cdef list specs
+    cdef int nr
+    cdef int64_t grace
+    cdef object types
+    cdef list last_fields, prev_names
+    cdef int[:] prev_idx
+    cdef list label_rings
+    cdef object _prev
+
+    def __init__(self, rings: list, last_fields: list, prev_readers: list, types, int capacity,
+                 int64_t grace_ms, label_rings: list):
+        cdef _Spec sp
+        self.specs = []
+        for length, delay, res, vfields, dfields, readers in rings:
+            if len(vfields) > MAXF or len(dfields) > MAXF:
+                raise ValueError(f"at most {MAXF} fields per window")
+            sp = _Spec()
+            sp.lifetime = length == 0
+            sp.res = res or 1
+            sp.n = 0 if sp.lifetime else length // sp.res
+            sp.d = 0 if sp.lifetime else delay // sp.res
+            sp.grace = grace_ms
+            sp.nv, sp.nd = len(vfields), len(dfields)
+            sp.vfields, sp.dfields = list(vfields), list(dfields)
+            sp.capacity = capacity
+            sp.minmax = any(agg in ("min", "max") for _, agg, _ in readers)
+            sp.rnames = [name for name, _, _ in readers]
+            codes, args, fields = [], [], []
+            for name, agg, field in readers:
+                codes.append(AGG_CODES[agg])
+                if agg == "distinct":
+                    args.append(sp.dfields.index(field))
+                elif field is not None and field in sp.vfields:
+                    args.append(sp.vfields.index(field))
+                else:
+                    args.append(0)
+                fields.append(field)
+            import array
+            sp._keep = (array.array("i", codes or [0]), array.array("i", args or [0]))
+            sp.rcodes = sp._keep[0]
+            sp.rargs = sp._keep[1]
+            sp.rfields = fields
+            self.specs.append(sp)
+        self.nr = len(self.specs)
+        self.grace = grace_ms
+        self.types = frozenset(types) if types else None
+        self.last_fields = list(last_fields)
+        self.prev_names = [name for name, _ in prev_readers]
+        import array
+        self._prev = array.array("i", [i for _, i in prev_readers] or [0])
+        self.prev_idx = self._prev
+        self.label_rings = list(label_rings)
+
+    def new_state(self) -> State:
+        cdef State st = State.__new__(State)
+        cdef _Spec sp
+        cdef int i
+        st.t = -1
+        st.last = [None] * len(self.last_fields)
+        st.rings = <Ring*>malloc((self.nr or 1) * sizeof(Ring))
+        if st.rings == NULL:
+            raise MemoryError()
+        memset(st.rings, 0, (self.nr or 1) * sizeof(Ring))
+        st.nr = self.nr
+        for i in range(self.nr):
+            sp = self.specs[i]
+            _ring_init(&st.rings[i], sp.nv, sp.nd, sp.lifetime)
+        return st
+
+    def step(self, State st, dict vals, int64_t t, dict out) -> int:
+        """Fold one event into ``st`` and write the group's features into ``out``.
+
+        Returns 0 when the event was folded (the caller stores ``st``), 1 when its type is not
+        one the group folds, 2 when it is late (beyond the grace period: scored with the current
+        state, not folded).
+        """
+        return self._step(st, vals, t, out)
+
+    cdef int _step(self, State st, dict vals, int64_t t, dict out) except -1:
+        cdef int64_t prev_t = st.t, max_t, read_t
+        cdef int i, j, k
+        cdef bint late, folds
+        cdef _Spec sp
+        cdef PyObject* ptr
+        cdef double xs[MAXF]
+        cdef bint has[MAXF]
+        cdef uint64_t hs[MAXF]
+        cdef object v
+        for i in range(len(self.prev_names)):
+            j = self.prev_idx[i]
+            if j >= 0:
+                PyDict_SetItem(out, self.prev_names[i], st.last[j])
+            elif prev_t >= 0:
+                PyDict_SetItem(out, self.prev_names[i],
+                               (t - prev_t) / 1000.0 if t > prev_t else 0.0)
+        late = prev_t >= 0 and t < prev_t - self.grace
+        folds = not late
+        if folds and self.types is not None:
+            ptr = PyDict_GetItem(vals, "event_type")
+            folds = ptr != NULL and (<object>ptr) in self.types
+        if not folds:
+            read_t = prev_t if late else t
+            for i in range(self.nr):
+                _read_write(<_Spec>self.specs[i], &st.rings[i], read_t, vals, out)
+            return 2 if late else 1
+        if t >= prev_t:
+            st.t = t
+            for j in range(len(self.last_fields)):
+                ptr = PyDict_GetItem(vals, self.last_fields[j])
+                st.last[j] = <object>ptr if ptr != NULL else None
+        max_t = st.t
+        for i in range(self.nr):
+            sp = <_Spec>self.specs[i]
+            for j in range(sp.nv):
+                ptr = PyDict_GetItem(vals, sp.vfields[j])
+                if ptr == NULL or <object>ptr is None:
+                    has[j] = False
+                else:
+                    has[j] = True
+                    xs[j] = <double><object>ptr
+            for k in range(sp.nd):
+                ptr = PyDict_GetItem(vals, sp.dfields[k])
+                hs[k] = 0 if ptr == NULL or <object>ptr is None else _hash(<object>ptr)
+            _fold(sp, &st.rings[i], t, max_t, xs, has, hs)
+            _read_write(sp, &st.rings[i], t, vals, out)
+        return 0
+
+    def view(self, State st, int64_t t, dict vals, dict out) -> None:
+        """Write the features of the windows seen from ``t`` without folding."""
+        cdef int i
+        for i in range(self.nr):
+            _read_write(<_Spec>self.specs[i], &st.rings[i], t, vals, out)
+
+    def fold_label(self, State st, int64_t event_t, int labeled, int fraud) -> None:
+        """Add label counts (deltas) for an event at ``event_t`` to the label-aware rings."""
+        cdef int i
+        for i in self.label_rings:
+            _fold_label(<_Spec>self.specs[i], &st.rings[i], event_t, st.t, labeled, fraud)
+
+    def worst_case_state(self, int64_t t, str last_value) -> State:
+        """A state as large as this group's can get at time ``t``: every bucket a ring can hold
+        (window + delay + grace, plus one) present, every distinct set and running map at the
+        sketch's capacity, every ``last`` value ``last_value``. For sizing (bench, docs)."""
+        cdef State st = self.new_state()
+        cdef _Spec sp
+        cdef Ring* r
+        cdef int i, k, x
+        cdef int64_t keep, j
+        cdef int32_t p
+        cdef uint64_t h
+        st.t = t
+        st.last = [last_value] * len(self.last_fields)
+        for i in range(self.nr):
+            sp = self.specs[i]
+            r = &st.rings[i]
+            keep = 0 if sp.lifetime else sp.n + sp.d + (sp.grace + sp.res - 1) // sp.res + 1
+            r.head = _fdiv(t, sp.res)
+            for j in range(keep):
+                p = _bucket(r, r.head - j)
+                r.bs[p * r.width] = 1
+            for k in range(r.nd):
+                for x in range(sp.capacity):
+                    h = _fmix(<uint64_t>(x * 131 + k + 1)) | 1
+                    _hm_incr(&r.rmap[k], h)
+                    for p in range(r.nb):
+                        _hs_add(&r.bset[p * r.nd + k], h)
+        return st
+
+
+# ---------------------------------------------------------------------- the engine's inner loop
+cdef bytes _key(bytes prefix, tuple entity, dict vals):
+    """``prefix`` + the entity's key (one field's text, or the fields' texts joined by 0x1f);
+    None when a field is absent."""
+    cdef PyObject* ptr
+    cdef object v
+    cdef Py_ssize_t n, total
+    cdef const char* s
+    cdef list parts
+    cdef char* w
+    cdef bytes out
+    if len(entity) == 1:
+        ptr = PyDict_GetItem(vals, entity[0])
+        if ptr == NULL or <object>ptr is None:
+            return None
+        v = <object>ptr
+        if type(v) is not str:
+            v = str(v)
+        s = PyUnicode_AsUTF8AndSize(v, &n)
+        out = PyBytes_FromStringAndSize(NULL, len(prefix) + n)
+        w = PyBytes_AS_STRING(out)
+        memcpy(w, <char*>prefix, len(prefix))
+        memcpy(w + len(prefix), s, n)
+        return out
+    parts = []
+    for f in entity:
+        ptr = PyDict_GetItem(vals, f)
+        if ptr == NULL or <object>ptr is None:
+            return None
+        parts.append(str(<object>ptr))
+    return prefix + "\x1f".join(parts).encode()
+
+
+cdef class Groups:
+    """The engine's per-event loop over its entity groups, with the state store's ``get`` and
+    ``put`` (the store stays a Python object: memory, RocksDB behind a cache, or a dict)."""
+    cdef list kernels, prefixes, entities
+    cdef list label_idx           # per group: its index when it has label rings, else None
+    cdef int64_t ttl
+    cdef object get, put
+
+    def __init__(self, kernels: list, prefixes: list, entities: list, label_idx: list,
+                 int64_t ttl_ms, get, put):
+        self.kernels, self.prefixes, self.entities = list(kernels), list(prefixes), list(entities)
+        self.label_idx = list(label_idx)
+        self.ttl = ttl_ms
+        self.get, self.put = get, put
+
+    def process(self, dict vals, int64_t t, dict out, list index) -> bool:
+        """Fold the event into every group's entity state and write the features into ``out``;
+        append ``(group, key)`` to ``index`` (if given) for each label-aware state folded into.
+        Returns whether the event was late for any group."""
+        cdef int i, r
+        cdef bint late = False
+        cdef bytes key
+        cdef object st
+        cdef GroupKernel g
+        for i in range(len(self.kernels)):
+            key = _key(<bytes>self.prefixes[i], <tuple>self.entities[i], vals)
+            if key is None:
+                continue
+            g = <GroupKernel>self.kernels[i]
+            st = self.get(key)
+            if st is None or t - (<State>st).t > self.ttl:
+                st = g.new_state()
+            r = g._step(<State>st, vals, t, out)
+            if r == 0:
+                self.put(key, st)
+                if index is not None and self.label_idx[i] is not None:
+                    index.append((self.label_idx[i], key))
+            elif r == 2:
+                late = True
+        return late
