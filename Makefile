@@ -7,8 +7,8 @@ STAMP  := $(VENV)/.installed-dev
 
 .PHONY: install demo test test-unit test-integration kafka-up kafka-down bench clean
 
-# setup.py and the kernel source too: the install compiles features/_kernel.pyx in place.
-$(STAMP): pyproject.toml setup.py features/_kernel.pyx
+# setup.py and the kernel source too: the install compiles the .pyx kernels in place.
+$(STAMP): pyproject.toml setup.py features/_kernel.pyx online_models/_linear.pyx
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ".[dev]"

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from hashlib import blake2b
-from typing import Any, Callable, Iterable, Mapping
+from collections.abc import Mapping
+from typing import Any, Callable, Iterable
 
 from features.definitions import (EVENT_AGGREGATIONS, LABEL_AGGREGATIONS, VALUE_AGGREGATIONS,
                                   Feature, FeatureSet)

@@ -36,6 +36,8 @@ import math
 
 from river import base
 
+from online_models import _linear
+
 __all__ = ["ScaledLogisticRegression", "sigmoid"]
 
 
@@ -81,20 +83,14 @@ class ScaledLogisticRegression(base.Classifier):
     # ------------------------------------------------------------------ scoring
     def raw_one(self, x: dict, offset: float = 0.0) -> float:
         """The log-odds for ``x`` (no learning); ``offset`` is added (see :meth:`learn_one`)."""
-        state = self._state
-        clip = self.clip
-        dot = self.bias + offset
-        for k, v in x.items():
-            s = state.get(k)
-            if s is None or v is None:
-                continue
-            z = (v - s[1]) * s[4]
-            if z > clip:
-                z = clip
-            elif z < -clip:
-                z = -clip
-            dot += s[3] * z
-        return dot
+        return _linear.raw(self._state, x, self.bias + offset, self.clip)
+
+    def raw_and_contributions(self, x: dict, offset: float, out: dict[str, float],
+                              skip: str | None = None) -> float:
+        """:meth:`raw_one`, in the same pass adding each feature's contribution (as in
+        :meth:`contributions`) to ``out`` (``skip``: a feature left out of ``out``)."""
+        return _linear.raw_and_contributions(self._state, x, self.bias + offset, self.clip, out,
+                                             skip)
 
     def proba_true(self, x: dict) -> float:
         """``P(y = True | x)`` as a float (the fast path the registry uses)."""
@@ -106,16 +102,7 @@ class ScaledLogisticRegression(base.Classifier):
 
     def contributions(self, x: dict) -> dict[str, float]:
         """``weight * standardised value`` per feature of ``x``: its share of the log-odds."""
-        state = self._state
-        clip = self.clip
-        out: dict[str, float] = {}
-        for k, v in x.items():
-            s = state.get(k)
-            if s is None or v is None or s[4] == 0.0:
-                continue
-            z = max(-clip, min(clip, (v - s[1]) * s[4]))
-            out[k] = s[3] * z
-        return out
+        return _linear.contributions(self._state, x, self.clip)
 
     def proba_and_top(self, x: dict, k: int, offset: float = 0.0
                       ) -> tuple[float, list[tuple[str, float]]]:
@@ -162,33 +149,10 @@ class ScaledLogisticRegression(base.Classifier):
         # One SGD step on the log loss with the standardisation as it was before this example,
         # then fold the example into the running means and variances (Welford), in one pass.
         sg = self.lr * (sigmoid(self.raw_one(x, offset)) - (1.0 if y else 0.0)) * w
-        decay = 1.0 - self.lr * self.l2
-        clip = self.clip
-        state = self._state
-        sqrt = math.sqrt
-        for k, v in x.items():
-            if v is None:
-                continue
-            s = state.get(k)
-            if s is None:
-                # [count, mean, m2, weight, 1/std (0 while undefined)]
-                s = state[k] = [0.0, 0.0, 0.0, 0.0, 0.0]
-            mean = s[1]
-            d = v - mean
-            z = d * s[4]
-            if z > clip:
-                z = clip
-            elif z < -clip:
-                z = -clip
-            s[3] = s[3] * decay - sg * z
-            n = s[0] + 1.0
-            mean += d / n
-            m2 = s[2] + d * (v - mean)
-            s[0] = n
-            s[1] = mean
-            s[2] = m2
-            if m2 > 0.0:
-                s[4] = 1.0 / sqrt(m2 / n)
+        # Per feature (compiled, online_models/_linear.pyx): z = clip((v - mean) / std) with the
+        # state before this example; weight = weight * (1 - lr * l2) - sg * z; then Welford's
+        # update of count, mean and m2, and 1/std once m2 > 0. New features start at all zeros.
+        _linear.learn(self._state, x, sg, 1.0 - self.lr * self.l2, self.clip)
         self.bias -= sg
 
     @property

@@ -168,6 +168,9 @@ class PriorLogReg(FraudModel):
     """
 
     needs_calibration = False
+    # (vector, prior terms) of the last prepare_one, so scoring that vector does not recompute
+    # the terms; matched by identity, never pickled.
+    _memo: tuple[dict, list] | None = None
 
     def __init__(self, name: str, version: str, prior: RulePrior | None = None,
                  **params: float) -> None:
@@ -175,9 +178,16 @@ class PriorLogReg(FraudModel):
         self.prior = prior if prior is not None else RulePrior()
         self.model = ScaledLogisticRegression(**params)
 
+    def __getstate__(self) -> dict:
+        st = dict(self.__dict__)
+        st.pop("_memo", None)
+        return st
+
     def prepare_one(self, x: dict) -> dict:
         v = dict(x)
-        v[PRIOR_FEATURE] = self.prior.logit(x)
+        terms = self.prior.terms(x)
+        v[PRIOR_FEATURE] = self.prior.logit(x, terms)
+        self._memo = (v, terms)
         return v
 
     def _offset(self, v: dict) -> float:
@@ -196,6 +206,15 @@ class PriorLogReg(FraudModel):
             if name != PRIOR_FEATURE:
                 out[name] = out.get(name, 0.0) + c
         return out
+
+    def score_explain_one(self, v: dict, k: int) -> tuple[float, list[tuple[str, float]]]:
+        # score_one and explain_one in one pass over the vector (same numbers).
+        memo = self._memo
+        terms = memo[1] if memo is not None and memo[0] is v else self.prior.terms(v)
+        out = {name: c for name, _, c in terms}
+        z = self.model.raw_and_contributions(v, self._offset(v), out, PRIOR_FEATURE)
+        top = sorted(((c, f) for f, c in out.items() if c > 0.0), reverse=True)
+        return sigmoid(z), [(f, c) for c, f in top[:k]]
 
 
 class Blend(FraudModel):

@@ -17,7 +17,8 @@ import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 from datetime import datetime
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from stream import wire
 from stream.exceptions import DecodeError
@@ -223,7 +224,7 @@ def decode_event(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Event:
 
 def event_from_dict(obj: Mapping[str, Any]) -> Event:
     """Validate an already-parsed event (SDK callers pass dicts)."""
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # dict: skip the ABC check
         raise DecodeError(f"event must be an object, got {_json_type(obj)}", code="bad_json")
     version = obj.get("schema_version", SCHEMA_VERSION)
     if type(version) is not int or version not in SUPPORTED_SCHEMA_VERSIONS:
@@ -437,7 +438,7 @@ def decode_label(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Label:
 
 
 def label_from_dict(obj: Mapping[str, Any]) -> Label:
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # dict: skip the ABC check
         raise DecodeError(f"label must be an object, got {_json_type(obj)}", code="bad_json")
     is_fraud = obj.get("is_fraud")
     if is_fraud is None:
@@ -470,7 +471,7 @@ def decode_score(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Score:
 
 
 def score_from_dict(obj: Mapping[str, Any]) -> Score:
-    if not isinstance(obj, Mapping):
+    if type(obj) is not dict and not isinstance(obj, Mapping):  # dict: skip the ABC check
         raise DecodeError(f"score must be an object, got {_json_type(obj)}", code="bad_json")
     score = obj.get("score")
     if type(score) not in (int, float) or not 0.0 <= score <= 1.0:

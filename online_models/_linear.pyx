@@ -1,0 +1,141 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Compiled inner loops of :class:`online_models.linear.ScaledLogisticRegression`.
+
+They work on the model's own state (``{feature: [count, mean, m2, weight, 1/std]}``, plain
+lists of floats, so pickles and snapshots are unchanged) and do exactly the arithmetic of the
+Python they replace, in the same order, so scores are the same bits. Values must be numbers
+(``int``, ``float`` or ``bool``) or ``None`` (missing).
+"""
+
+from libc.math cimport sqrt
+from cpython.dict cimport PyDict_Next, PyDict_GetItem, PyDict_SetItem
+from cpython.list cimport PyList_GET_ITEM, PyList_SET_ITEM
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+
+__all__ = ["raw", "raw_and_contributions", "contributions", "learn"]
+
+
+cdef inline double _item(PyObject* s, Py_ssize_t i) except? -1.0:
+    return <double><object>PyList_GET_ITEM(<object>s, i)   # exact floats take the fast path
+
+
+cdef inline void _set(object s, Py_ssize_t i, double v):
+    cdef object f = v
+    cdef PyObject* old = PyList_GET_ITEM(s, i)
+    Py_INCREF(f)
+    PyList_SET_ITEM(s, i, f)
+    Py_DECREF(<object>old)
+
+
+def raw(dict state, dict x, double dot, double clip) -> float:
+    """``dot`` plus ``weight * clip(standardised value)`` over the features of ``x``."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef PyObject* s
+    cdef double z
+    while PyDict_Next(x, &pos, &k, &v):
+        if <object>v is None:
+            continue
+        s = PyDict_GetItem(state, <object>k)
+        if s == NULL:
+            continue
+        z = (<double><object>v - _item(s, 1)) * _item(s, 4)
+        if z > clip:
+            z = clip
+        elif z < -clip:
+            z = -clip
+        dot += _item(s, 3) * z
+    return dot
+
+
+def raw_and_contributions(dict state, dict x, double dot, double clip, dict out, object skip):
+    """:func:`raw`, also adding each feature's ``weight * z`` to ``out[feature]`` (features whose
+    ``1/std`` is 0 and ``skip`` are left out of ``out``, not of the sum)."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef PyObject* s
+    cdef PyObject* prev
+    cdef double z, c, inv
+    while PyDict_Next(x, &pos, &k, &v):
+        if <object>v is None:
+            continue
+        s = PyDict_GetItem(state, <object>k)
+        if s == NULL:
+            continue
+        inv = _item(s, 4)
+        z = (<double><object>v - _item(s, 1)) * inv
+        if z > clip:
+            z = clip
+        elif z < -clip:
+            z = -clip
+        c = _item(s, 3) * z
+        dot += c
+        if inv != 0.0 and not (<object>k is skip or (skip is not None and <object>k == skip)):
+            prev = PyDict_GetItem(out, <object>k)
+            PyDict_SetItem(out, <object>k, c if prev == NULL else <double><object>prev + c)
+    return dot
+
+
+def contributions(dict state, dict x, double clip) -> dict:
+    """``weight * clip(standardised value)`` per feature of ``x`` with a defined std."""
+    cdef dict out = {}
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef PyObject* s
+    cdef double z, inv
+    while PyDict_Next(x, &pos, &k, &v):
+        if <object>v is None:
+            continue
+        s = PyDict_GetItem(state, <object>k)
+        if s == NULL:
+            continue
+        inv = _item(s, 4)
+        if inv == 0.0:
+            continue
+        z = (<double><object>v - _item(s, 1)) * inv
+        if z > clip:
+            z = clip
+        elif z < -clip:
+            z = -clip
+        PyDict_SetItem(out, <object>k, _item(s, 3) * z)
+    return out
+
+
+def learn(dict state, dict x, double sg, double decay, double clip) -> None:
+    """One SGD step (``sg``: step times gradient) with the standardisation as it was, then fold
+    ``x`` into the running means and variances (Welford)."""
+    cdef Py_ssize_t pos = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef PyObject* sp
+    cdef object s
+    cdef double val, mean, d, z, n, m2
+    while PyDict_Next(x, &pos, &k, &v):
+        if <object>v is None:
+            continue
+        sp = PyDict_GetItem(state, <object>k)
+        if sp == NULL:
+            s = [0.0, 0.0, 0.0, 0.0, 0.0]
+            PyDict_SetItem(state, <object>k, s)
+        else:
+            s = <object>sp
+        val = <double><object>v
+        mean = _item(<PyObject*>s, 1)
+        d = val - mean
+        z = d * _item(<PyObject*>s, 4)
+        if z > clip:
+            z = clip
+        elif z < -clip:
+            z = -clip
+        _set(s, 3, _item(<PyObject*>s, 3) * decay - sg * z)
+        n = _item(<PyObject*>s, 0) + 1.0
+        mean += d / n
+        m2 = _item(<PyObject*>s, 2) + d * (val - mean)
+        _set(s, 0, n)
+        _set(s, 1, mean)
+        _set(s, 2, m2)
+        if m2 > 0.0:
+            _set(s, 4, 1.0 / sqrt(m2 / n))
