@@ -37,6 +37,8 @@ from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_NoMemory
 from marshal import dumps as _mdumps, loads as _mloads
 
+from features.exceptions import FeatureError
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
 
@@ -1293,3 +1295,37 @@ cdef class Groups:
             elif r == 2:
                 late = True
         return late
+
+
+def extract(dict event, tuple fields, tuple numeric, tuple keyed):
+    """The engine's view of a dict event: ``{field: value or None}`` for ``fields``, a field
+    missing at top level read from ``event["attributes"]``; numeric fields must be int or float,
+    keyed and distinct-counted fields str, int, float or bool (checked before any state
+    changes). Raises ``FeatureError``."""
+    cdef dict vals = {}
+    cdef PyObject* ptr
+    cdef object v, attrs, t
+    ptr = PyDict_GetItem(event, "attributes")
+    attrs = <object>ptr if ptr != NULL and type(<object>ptr) is dict and <object>ptr else None
+    for name in fields:
+        ptr = PyDict_GetItem(event, name)
+        if ptr != NULL and <object>ptr is not None:
+            PyDict_SetItem(vals, name, <object>ptr)
+        elif attrs is not None:
+            PyDict_SetItem(vals, name, (<dict>attrs).get(name))
+        else:
+            PyDict_SetItem(vals, name, None)
+    for name in numeric:
+        v = vals[name]
+        if v is not None and type(v) is not float and type(v) is not int:
+            raise FeatureError(f"{name} must be a number, got {v!r}")
+    for name in keyed:
+        v = vals[name]
+        if v is not None and type(v) is not str and type(v) is not int and \
+                type(v) is not float and type(v) is not bool:
+            raise FeatureError(f"{name} must be a string or number to key or count "
+                               f"distinct values, got {type(v).__name__}")
+    t = vals["event_time"]
+    if type(t) is not int:
+        raise FeatureError(f"event_time must be epoch milliseconds (int), got {t!r}")
+    return vals

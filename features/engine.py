@@ -28,6 +28,7 @@ from features.definitions import (EVENT_AGGREGATIONS, LABEL_AGGREGATIONS, VALUE_
                                   Feature, FeatureSet)
 from features.exceptions import FeatureError
 from features._kernel import GroupKernel, Groups
+from features._kernel import extract as _extract
 from features.store import DictStore, StateStore
 
 __all__ = ["FeatureEngine", "EngineStats", "INDEX_PREFIX"]
@@ -35,7 +36,6 @@ __all__ = ["FeatureEngine", "EngineStats", "INDEX_PREFIX"]
 #: Key prefix of the label index (event id -> event time and the entity keys it was folded into).
 INDEX_PREFIX = b"\x00ix/"
 _EMPTY: tuple = ()
-_SCALARS = (str, int, float, bool)
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 Reader = Callable[[list, list, dict], Any]
@@ -184,19 +184,12 @@ class FeatureEngine:
         the fields as attributes (``stream.events.Event``); fields not found at top level are
         looked up in its ``attributes``.
         """
-        vals = self._extract(event)
+        if type(event) is dict:
+            vals = _extract(event, self._fields, self._numeric, self._keyed)
+        else:
+            vals = self._extract(event)
+            _extract(vals, self._fields, self._numeric, self._keyed)  # the same checks
         t = vals["event_time"]
-        for name in self._numeric:
-            v = vals[name]
-            if v is not None and type(v) is not float and type(v) is not int:
-                raise FeatureError(f"{name} must be a number, got {v!r}")
-        for name in self._keyed:  # validated before any state changes
-            v = vals[name]
-            if v is not None and type(v) not in _SCALARS:
-                raise FeatureError(f"{name} must be a string or number to key or count "
-                                   f"distinct values, got {type(v).__name__}")
-        if type(t) is not int:
-            raise FeatureError(f"event_time must be epoch milliseconds (int), got {t!r}")
         self.stats.events += 1
         if t > self.watermark:
             self.watermark = t
@@ -214,15 +207,7 @@ class FeatureEngine:
         return out
 
     def _extract(self, event: Any) -> dict[str, Any]:
-        if type(event) is dict:
-            get = event.get
-            vals = {name: get(name) for name in self._fields}
-            attrs = get("attributes")
-            if attrs and None in vals.values():
-                for name, v in vals.items():
-                    if v is None:
-                        vals[name] = attrs.get(name)
-            return vals
+        """Field values of an event object (dict events go through the kernel's extract)."""
         get = _accessor(event)
         return {name: get(name) for name in self._fields}
 
