@@ -34,7 +34,7 @@ import rocksdict
 from features.default import default_feature_set
 from features.engine import INDEX_PREFIX, FeatureEngine
 from features.store import encode
-from stream.state import open_store
+from stream.state import RocksOptions, open_store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 
@@ -103,6 +103,8 @@ def main() -> None:
     ap.add_argument("--merchants", type=int, default=100_000)
     ap.add_argument("--events", type=int, default=300_000, help="measured events")
     ap.add_argument("--cache-entries", type=int, default=600_000)
+    ap.add_argument("--row-cache-mb", type=int, default=0,
+                    help="RocksDB row cache behind the live-object cache (0: none)")
     ap.add_argument("--backend", choices=("rocksdb", "memory"), default="rocksdb")
     ap.add_argument("--path", default=None, help="RocksDB directory (default: a temp dir)")
     ap.add_argument("--gc", choices=("default", "frozen", "off"), default="off",
@@ -128,7 +130,8 @@ def main() -> None:
     if args.backend == "rocksdb" and path is None:
         tmp = tempfile.mkdtemp(prefix="fs-bench-")
         path = str(Path(tmp) / "state")
-    store = open_store(args.backend, path, cache_entries=args.cache_entries)
+    store = open_store(args.backend, path, cache_entries=args.cache_entries,
+                       options=RocksOptions(row_cache_bytes=args.row_cache_mb << 20))
     engine = FeatureEngine(default_feature_set(), store)
     try:
         warm_span = 24 * 3_600_000
@@ -187,7 +190,7 @@ def main() -> None:
             "wall_us_per_event_median": round(statistics.median(wall_us), 1),
             "cpu_us_per_event_chunks": [round(x, 1) for x in cpu_us],
             "flush_s": round(flush_s, 2),
-            "cache_entries": args.cache_entries,
+            "cache_entries": args.cache_entries, "row_cache_mb": args.row_cache_mb,
             "cache_hit_rate": round(hits / max(1, hits + misses), 3),
             "entities": {k: len(v) for k, v in sizes.items()},
             "state_bytes_mean": {k: round(statistics.fmean(v)) for k, v in sizes.items()},

@@ -120,6 +120,11 @@ class Settings:
     # How often (wall-clock seconds) each task's store is swept for entities idle beyond their
     # TTL (event time); a sweep scans the whole partition store. 0 disables it.
     state_expiry_interval_s: float = 3600.0
+    # Feature state kept as live objects per partition store (the write-back cache), and the
+    # RocksDB row cache (encoded values, shared by all of the worker's stores) behind it;
+    # docs/operations.md, "Sizing state caches".
+    state_cache_entries: int = 200_000
+    state_row_cache_mb: int = 256
     # Model quality the worker exports (docs/operations.md): precision and recall are measured at
     # this review budget (the fraction of labelled events a review team looks at, highest scores
     # first); the figures are recomputed every quality_metrics_interval_s wall-clock seconds, on
@@ -252,6 +257,11 @@ class Settings:
                               f"({self.review_threshold} > {self.block_threshold})")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             raise ConfigError(f"log_level: unknown level {self.log_level!r}")
+        if self.state_cache_entries < 1:
+            raise ConfigError(f"state_cache_entries: must be >= 1, got {self.state_cache_entries}")
+        if self.state_row_cache_mb < 0:
+            raise ConfigError("state_row_cache_mb: must be >= 0 (0 disables the row cache), got "
+                              f"{self.state_row_cache_mb}")
         if self.state_expiry_interval_s < 0:
             raise ConfigError("state_expiry_interval_s: must be >= 0 (0 disables sweeps), got "
                               f"{self.state_expiry_interval_s}")

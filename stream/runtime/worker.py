@@ -47,7 +47,7 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -838,7 +838,11 @@ class Worker(Stoppable):
         # No write-ahead log: the changelog is the durable copy. A store is trusted again only
         # through a checkpoint, written after a clean close, and closing flushes the memtables;
         # after a crash the store is rebuilt from the changelog whatever RocksDB holds.
-        store = open_store(self.state_backend, path, batch_size=1 << 30, options=_TASK_ROCKS)
+        store = open_store(self.state_backend, path, batch_size=1 << 30,
+                           cache_entries=self.settings.state_cache_entries,
+                           options=replace(
+                               _TASK_ROCKS,
+                               row_cache_bytes=self.settings.state_row_cache_mb << 20))
         restored = self._restore(restorer, store, stage, partition, start or 0)
         self.stats.restored_records += restored
         log.info("task %s-%d ready: %d changelog records restored from offset %d", stage.name,

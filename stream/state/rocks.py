@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterator, Mapping
 
 import rocksdict
@@ -33,6 +34,11 @@ class RocksOptions:
     # Without a WAL, writes since the last memtable flush are lost in a crash; close() flushes.
     # For stores that a crash makes untrusted anyway (the worker's: rebuilt from the changelog).
     disable_wal: bool = False
+    # RocksDB's row cache: recently read key-values, uncompressed. A read that misses the
+    # write-back cache of live objects but hits here costs about 1 us instead of a block read
+    # and decompression (about 10 us). One cache of this size per process, shared by every
+    # store opened with it; 0 disables it.
+    row_cache_bytes: int = 0
 
     def build(self) -> rocksdict.Options:
         """A fresh ``rocksdict.Options`` in raw (bytes) mode with these settings."""
@@ -50,7 +56,15 @@ class RocksOptions:
         opts.set_max_open_files(self.max_open_files)
         opts.set_compression_type(_compression(self.compression))
         opts.optimize_for_point_lookup(max(1, self.block_cache_bytes // (1024 * 1024)))
+        if self.row_cache_bytes > 0:
+            opts.set_row_cache(_shared_row_cache(self.row_cache_bytes))
         return opts
+
+
+@lru_cache(maxsize=None)
+def _shared_row_cache(size: int) -> rocksdict.Cache:
+    # One per size and process: the partitions of a worker share their row cache budget.
+    return rocksdict.Cache(size)
 
 
 def _compression(name: str) -> rocksdict.DBCompressionType:

@@ -231,6 +231,8 @@ def test_redact_client_config_masks_credentials_only() -> None:
     ({"FRAUDSTREAM_REVIEW_BUDGET": "nan"}, ("review_budget",)),
     ({"FRAUDSTREAM_QUALITY_METRICS_INTERVAL_S": "0"},
      ("quality_metrics_interval_s: must be above 0",)),
+    ({"FRAUDSTREAM_STATE_CACHE_ENTRIES": "0"}, ("state_cache_entries: must be >= 1",)),
+    ({"FRAUDSTREAM_STATE_ROW_CACHE_MB": "-1"}, ("state_row_cache_mb: must be >= 0",)),
     ({"FRAUDSTREAM_SECURITY_PROTOCOL": "TLS"}, ("security_protocol",)),
     ({"FRAUDSTREAM_LOG_LEVEL": "LOUD"}, ("log_level",)),
     ({"FRAUDSTREAM_LOCAL_KAFKA_PORT": "65535"}, ("local_kafka_port",)),

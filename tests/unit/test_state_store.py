@@ -105,6 +105,23 @@ def test_every_open_goes_through_the_options_object(tmp_path, monkeypatch):
     assert source.count("rocksdict.Rdict(") == 1
 
 
+def test_row_cache_is_shared_and_reads_back_what_was_written(tmp_path):
+    from stream.state.rocks import _shared_row_cache
+    opts = RocksOptions(row_cache_bytes=4 << 20)
+    a, b = RocksBackend(tmp_path / "a", opts), RocksBackend(tmp_path / "b", opts)
+    try:
+        a.write({b"k": b"va"})
+        b.write({b"k": b"vb"})
+        for _ in range(2):   # the second read is served by the row cache
+            assert (a.get(b"k"), b.get(b"k"), a.get(b"x")) == (b"va", b"vb", None)
+        a.write({b"k": b"va2"})   # a write invalidates the cached row
+        assert a.get(b"k") == b"va2"
+    finally:
+        a.close()
+        b.close()
+    assert _shared_row_cache(4 << 20) is _shared_row_cache(4 << 20)
+
+
 def test_second_open_of_a_locked_store_is_a_typed_error(tmp_path):
     first = RocksBackend(tmp_path / "db")
     try:
