@@ -12,9 +12,9 @@ order) and feeds every item through the same code objects the worker runs:
    features with one :class:`features.engine.FeatureEngine` per (stage, partition) over an
    in-memory store (:class:`features.store.DictStore`), the partition being librdkafka's default
    for the stage key (``consistent_random``: CRC-32 of the key bytes modulo the partition count,
-   :func:`stream.replay.partition_for`). Between stages the record goes through the worker's wire
-   encoding (``{"e": event, "f": features}``), so a later stage sees what it would read from the
-   repartition topic; features of entities without a stage key (card, device, ip) therefore only
+   :func:`stream.replay.partition_for`). Between stages a later stage sees what it would read
+   from the repartition topic (the worker's ``{"e": event, "f": features}`` JSON, whose round trip
+   leaves these values unchanged, so the backtest passes a copy); features of entities without a stage key (card, device, ip) therefore only
    see the events of the same user partition, as in the stream;
 3. the merged vector is scored by the last stage's scorer for that partition, made by the
    runtime's :func:`stream.runtime.scoring.make_scorer` from the model name, as the worker makes
@@ -63,7 +63,6 @@ from features.default import default_feature_set
 from features.definitions import FeatureSet
 from features.engine import FeatureEngine
 from features.store import DictStore
-from stream import wire
 from stream.events import DEFAULT_MAX_BYTES, decode_event, decode_label
 from stream.exceptions import ConfigError
 from stream.replay import (IDENTITY, LoadedLog, RecordMapping, Rejects, build_timeline,
@@ -93,9 +92,7 @@ _DAY_MS = 86_400_000
 _WEEK_MS = 7 * _DAY_MS
 # 1970-01-01 was a Thursday: shift so that weeks start on Monday 00:00 UTC.
 _MONDAY_OFFSET_MS = 3 * _DAY_MS
-# Worker repartition record keys (stream.runtime.worker): event, features so far; and the state
-# key prefix under which the worker parks a label that overtook its event.
-_EVENT, _FEATURES = "e", "f"
+# The state key prefix under which the worker parks a label that overtook its event.
 _PARKED = b"\x00pl/"
 
 
@@ -282,9 +279,11 @@ class _EventPath:
         engine, store, scorer = self._task(0, event["user_id"])
         merged = engine.process(event) if engine is not None else {}
         for i in range(1, last + 1):
-            # Forward as the worker does: wire-encoded, keyed by the next stage's field.
-            record = wire.loads(wire.dumps({_EVENT: event, _FEATURES: merged}))
-            event, upstream = record[_EVENT], record[_FEATURES]
+            # Forward as the worker does, keyed by the next stage's field. The worker sends
+            # {event, features} as JSON; for these values (str, int, finite float, None, lists
+            # and dicts of them) orjson's round trip is the identity, so a copy stands in for it
+            # (tests/integration/test_parity.py holds the scores equal to the worker's).
+            event, upstream = dict(event), merged
             engine, store, scorer = self._task(i, event.get(stages[i].key_field)
                                                or event["user_id"])
             features = engine.process(event) if engine is not None else {}

@@ -69,9 +69,10 @@ class Metric:
 _ALL = (
     # ------------------------------------------------------------------ worker: throughput
     Metric("fraudstream_events_consumed_total", "counter", ("stage", "partition"),
-           "Records consumed per stage and input partition (events and forwarded records)."),
+           "Records consumed per stage and input partition (events and forwarded records). "
+           "Counted at each commit."),
     Metric("fraudstream_scores_total", "counter", ("decision",),
-           "Scores produced, by decision (approve, review, block)."),
+           "Scores produced, by decision (approve, review, block). Counted at each commit."),
     Metric("fraudstream_labels_total", "counter", ("stage",),
            "Labels routed to a stage."),
     Metric("fraudstream_dead_letters_total", "counter", ("reason",),
@@ -83,7 +84,8 @@ _ALL = (
            "Records between the consumer position and the high watermark, per assigned partition."),
     # ------------------------------------------------------------------ worker: latency
     Metric("fraudstream_processing_seconds", "histogram", ("stage",),
-           "Time to process one record in a stage (features, scoring, produce).",
+           "Time to process one record in a stage (features, scoring, produce); one record "
+           "in 8 is timed.",
            LATENCY_BUCKETS),
     Metric("fraudstream_end_to_end_seconds", "histogram", (),
            "From the event's append to the events topic to its score's commit.",
