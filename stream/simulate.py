@@ -11,14 +11,23 @@ What is modelled:
   an activity level, a home country and currency, one to three devices and cards, a preferred
   channel, a handful of favourite merchants, and a personal shift of the daily rhythm.
 * **Merchants** with a category (which scales amounts), a country and a Zipf-like popularity.
+  A few high-value merchants (``distinct_merchants``, electronics, jewellery and travel first,
+  the busiest first) have fraud of their own signature (the ``distinct_merchant`` scenario); the
+  stream names them (:attr:`Simulation.distinct_merchant_ids`, ``summary()``).
 * **Seasonality**: a daily profile (quiet nights, lunch and evening peaks) times a weekly one
   (busier Fridays and Saturdays). Legitimate users also travel (a few per cent of their events
   come from another country) and log in, so neither a new country nor a login is proof of fraud.
 * **Fraud scenarios** (``SCENARIOS``): card testing (bursts of tiny amounts from a new device),
   account takeover (login from a new device and country, maybe an account update, then high
   amounts), compromised merchant (many cards defrauded at one merchant over weeks), stolen-card
-  spree (several large card-present purchases within hours) and amount outliers (one purchase
-  far above the user's habit).
+  spree (several large card-present purchases within hours), amount outliers (one purchase
+  far above the user's habit) and distinct-merchant fraud: at a high-value merchant that asks
+  for 3-D Secure step-up above a threshold of its own (about 0.3 times its typical order) and
+  reviews orders by hand during the day, stolen card details are used for one to three orders
+  on different nights (01:00-05:00 UTC, while nobody reviews), each just *below* that
+  threshold, from the card owner's country, without bursts. High amounts are normal there; the
+  fraud is *small* for the user and the merchant, the opposite of the population's "large
+  amount, new place, burst" pattern, and only that merchant's own history shows its signature.
 * **Labels** for transactions: fraud confirmed by manual review (days) or chargeback (one to
   several weeks), and some fraud never confirmed; legitimate transactions are labelled
   ``is_fraud=false`` once they mature (``maturity_days`` after the event).
@@ -66,10 +75,10 @@ __all__ = [
 ]
 
 SCENARIOS = ("card_testing", "account_takeover", "compromised_merchant", "stolen_card_spree",
-             "amount_outlier")
-DEFAULT_MIX: Mapping[str, float] = {"card_testing": 0.30, "account_takeover": 0.20,
-                                    "compromised_merchant": 0.20, "stolen_card_spree": 0.20,
-                                    "amount_outlier": 0.10}
+             "amount_outlier", "distinct_merchant")
+DEFAULT_MIX: Mapping[str, float] = {"card_testing": 0.25, "account_takeover": 0.20,
+                                    "compromised_merchant": 0.15, "stolen_card_spree": 0.15,
+                                    "amount_outlier": 0.10, "distinct_merchant": 0.15}
 
 _MIN = 60_000
 _HOUR = 3_600_000
@@ -94,6 +103,12 @@ _CATEGORIES = {
     "gift_cards": (0.03, 1.5),
 }
 _SPREE_CATEGORIES = ("electronics", "jewellery", "gift_cards", "fashion")
+#: Where merchants with their own fraud signature are chosen first (high amounts are normal).
+_DISTINCT_CATEGORIES = ("electronics", "jewellery", "travel")
+#: A distinct merchant's step-up threshold, as a share of its typical order (e^3.3 * scale).
+_STEP_UP_SHARE = 0.3
+#: Hours (UTC) when the distinct merchants' review desks are closed and their fraud happens.
+_NIGHT = (1.0, 5.0)
 _ATO_CATEGORIES = ("electronics", "travel", "jewellery", "gift_cards")
 
 # Hour-of-day weights (00..23) and day-of-week weights (Monday..Sunday).
@@ -123,6 +138,8 @@ class SimConfig:
     maturity_days: float = 14.0
     #: Share of fraud incidents that are never confirmed (no label at all).
     fraud_unlabelled: float = 0.1
+    #: Merchants with their own fraud signature (the ``distinct_merchant`` scenario's targets).
+    distinct_merchants: int = 3
     seed: int = 7
     id_prefix: str = "sim"
 
@@ -148,6 +165,11 @@ class SimConfig:
             raise ValueError("mix: weights must be >= 0")
         if self.fraud_rate > 0 and not any(w > 0 for w in self.mix.values()):
             raise ValueError("mix: at least one scenario needs a positive weight")
+        if self.distinct_merchants < 0:
+            raise ValueError(f"distinct_merchants: must be >= 0, got {self.distinct_merchants}")
+        if self.mix.get("distinct_merchant", 0) > 0 and self.distinct_merchants == 0:
+            raise ValueError("mix: distinct_merchant needs distinct_merchants >= 1 "
+                             "(or give the scenario no weight)")
         for name, value in (("users", self.users), ("merchants", self.merchants)):
             if value is not None and value < 1:
                 raise ValueError(f"{name}: must be at least 1, got {value}")
@@ -205,6 +227,22 @@ class _Merchants:
     country: list[str]
     cum_weight: list[float]
     by_category: dict[str, list[int]]
+    #: Merchants with their own fraud signature, and each one's step-up threshold.
+    distinct: dict[int, float] = field(default_factory=dict)
+
+
+def _pick_distinct(merchants: _Merchants, k: int) -> dict[int, float]:
+    """The ``k`` busiest merchants of the high-value categories (then of any category), each
+    with its step-up threshold (rounded to 5, as merchants set them)."""
+    weight = [b - a for a, b in zip([0.0] + merchants.cum_weight[:-1], merchants.cum_weight)]
+    preferred = set(_DISTINCT_CATEGORIES)
+    ranked = sorted(range(len(weight)),
+                    key=lambda m: (merchants.category[m] not in preferred, -weight[m], m))
+    out = {}
+    for m in ranked[:k]:
+        typical = math.exp(3.3) * merchants.scale[m]
+        out[m] = max(5.0, 5.0 * round(_STEP_UP_SHARE * typical / 5.0))
+    return out
 
 
 def _make_merchants(rng: random.Random, n: int) -> _Merchants:
@@ -351,9 +389,12 @@ class _Fraud:
     def run(self, budgets: Mapping[str, int]) -> list[tuple]:
         makers = {"card_testing": self._card_testing, "account_takeover": self._takeover,
                   "compromised_merchant": self._compromised_merchant,
-                  "stolen_card_spree": self._spree, "amount_outlier": self._outlier}
+                  "stolen_card_spree": self._spree, "amount_outlier": self._outlier,
+                  "distinct_merchant": self._distinct_merchant}
         for number, name in enumerate(SCENARIOS):
             left, k = budgets.get(name, 0), 0
+            if name == "distinct_merchant" and not self.merchants.distinct:
+                continue  # validate() refuses this; a direct caller gets no such fraud
             while left > 0:
                 left -= makers[name](f"{name[:2]}{number}-{k:05d}", left)
                 k += 1
@@ -491,6 +532,31 @@ class _Fraud:
         return 1
 
 
+    def _distinct_merchant(self, incident: str, budget: int) -> int:
+        """Stolen card details used at a distinct merchant: one to three orders on different
+        nights, while its review desk is closed, each just below its step-up threshold."""
+        rng, users = self.rng, self.users
+        distinct = self.merchants.distinct
+        m = rng.choice(sorted(distinct))
+        threshold = distinct[m]
+        u = self._user()
+        # The fraudster's own browser, behind a proxy in the card owner's country.
+        device, ip, country = f"dx-{incident}", _random_ip(rng), users.country[u]
+        label = self._label()
+        n_days = max(1, self.span // _DAY)
+        day = self.start + rng.randrange(n_days) * _DAY
+        made = 0
+        n = min(budget, rng.randint(1, 3))
+        while made < n and day < self.start + self.span:
+            t = day + int(rng.uniform(_NIGHT[0], _NIGHT[1]) * _HOUR)
+            amount = round(threshold * rng.uniform(0.85, 0.99), 2)
+            self._add(t, _TXN, u, m, amount, f"c{u:06d}-0", device, ip, country, "web",
+                      "distinct_merchant", incident, _jitter(rng, label))
+            made += 1
+            day += rng.randint(1, 3) * _DAY  # spaced out: no burst to give it away
+        return made
+
+
 # ---------------------------------------------------------------------- the result
 @dataclass
 class Simulation:
@@ -510,6 +576,11 @@ class Simulation:
     @property
     def n_events(self) -> int:
         return len(self.order)
+
+    @property
+    def distinct_merchant_ids(self) -> list[str]:
+        """The merchants with their own fraud signature (``distinct_merchant`` scenario)."""
+        return [f"m{m:05d}" for m in sorted(self.merchants.distinct)]
 
     @property
     def n_labels(self) -> int:
@@ -622,6 +693,7 @@ class Simulation:
         times = np.concatenate([self.legit.time, np.array([r[0] for r in self.fraud],
                                                           dtype=np.int64)])
         return {"events": self.n_events, "by_scenario": dict(sorted(by_scenario.items())),
+                "distinct_merchants": self.distinct_merchant_ids,
                 "labels": self.n_labels, "fraud_labels": int(sum(self.label_fraud)),
                 "first_event_time": int(times.min()) if len(times) else None,
                 "last_event_time": int(times.max()) if len(times) else None}
@@ -663,6 +735,9 @@ def simulate(cfg: SimConfig) -> Simulation:
     users = _make_users(rng, n_users, merchants)
     hour_cum = _hour_weights(cfg)
     budgets = _fraud_budgets(cfg)
+    if budgets.get("distinct_merchant"):  # no such fraud, no merchant named distinct
+        merchants.distinct = _pick_distinct(merchants, min(cfg.distinct_merchants,
+                                                           len(merchants.scale)))
     legit = _draw_legit(np.random.default_rng([cfg.seed, 1]), cfg.events - sum(budgets.values()),
                         cfg, users, merchants, hour_cum)
     fraud = _Fraud(rng, cfg, users, merchants, hour_cum).run(budgets)

@@ -36,22 +36,27 @@ def _fmt_time(ms: int | None) -> str:
 @click.option("--fraud-rate", type=click.FloatRange(0.0, 0.5), default=0.01, show_default=True,
               help="Share of events that are fraud.")
 @click.option("--mix", help="Scenario weights, e.g. 'card_testing=3,amount_outlier=1' (named "
-                            "scenarios only). Default: card_testing=0.3,account_takeover=0.2,"
-                            "compromised_merchant=0.2,stolen_card_spree=0.2,amount_outlier=0.1.")
+                            "scenarios only). Default: card_testing=0.25,account_takeover=0.2,"
+                            "compromised_merchant=0.15,stolen_card_spree=0.15,"
+                            "amount_outlier=0.1,distinct_merchant=0.15.")
 @click.option("--login-share", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.05,
               show_default=True, help="Share of legitimate events that are logins.")
 @click.option("--maturity-days", type=click.FloatRange(min=0), default=14.0, show_default=True,
               help="Legitimate transactions are labelled this long after the event.")
 @click.option("--fraud-unlabelled", type=click.FloatRange(0.0, 1.0), default=0.1,
               show_default=True, help="Share of fraud that is never confirmed.")
+@click.option("--distinct-merchants", type=click.IntRange(min=0), default=3, show_default=True,
+              help="High-value merchants whose fraud has its own signature (the "
+                   "distinct_merchant scenario: orders just below the merchant's step-up "
+                   "threshold).")
 @click.option("--seed", type=int, default=7, show_default=True)
 @click.option("--id-prefix", default="sim", show_default=True,
               help="Event ids are PREFIX-NNNNNNNN.")
 @click.option("--quiet", "-q", is_flag=True, help="No summary.")
 def simulate(out: str, labels_out: str | None, n_events: int, days: float, start: str,
              users: int | None, merchants: int | None, fraud_rate: float, mix: str | None,
-             login_share: float, maturity_days: float, fraud_unlabelled: float, seed: int,
-             id_prefix: str, quiet: bool) -> None:
+             login_share: float, maturity_days: float, fraud_unlabelled: float,
+             distinct_merchants: int, seed: int, id_prefix: str, quiet: bool) -> None:
     """Generate a seeded, labelled stream of users, merchants and fraud scenarios.
 
     Events go to --out in event-time order, labels to --labels-out in label-time order. Every
@@ -76,7 +81,8 @@ def simulate(out: str, labels_out: str | None, n_events: int, days: float, start
         cfg = SimConfig(events=n_events, days=days, start_ms=start_ms, users=users,
                         merchants=merchants, fraud_rate=fraud_rate, mix=weights,
                         login_share=login_share, maturity_days=maturity_days,
-                        fraud_unlabelled=fraud_unlabelled, seed=seed, id_prefix=id_prefix)
+                        fraud_unlabelled=fraud_unlabelled,
+                        distinct_merchants=distinct_merchants, seed=seed, id_prefix=id_prefix)
         cfg.validate()
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
@@ -99,5 +105,7 @@ def simulate(out: str, labels_out: str | None, n_events: int, days: float, start
     for name, count in info["by_scenario"].items():
         if name != "legit":
             say(f"    {name:<21}{count:>9,}")
+    if info["distinct_merchants"]:
+        say(f"  distinct merchants  {', '.join(info['distinct_merchants'])}")
     say(f"  labels   {info['labels']:,} ({info['fraud_labels']:,} fraud)")
     say(f"  took     {secs:.2f}s ({n / secs:,.0f} events/s)")

@@ -50,6 +50,10 @@ def test_same_seed_same_bytes_other_seed_other_stream(tmp_path):
         write_jsonl(sim.iter_labels(), lab)
         paths.append((ev.read_bytes(), lab.read_bytes()))
     assert paths[0] == paths[1]
+    # The default mix includes fraud at merchants with their own signature, chosen the same way.
+    assert sim.summary()["by_scenario"]["distinct_merchant"] > 0
+    assert simulate(cfg).distinct_merchant_ids == sim.distinct_merchant_ids
+    assert len(sim.distinct_merchant_ids) == 3
     other = simulate(SimConfig(events=3000, days=7, seed=6))
     assert other.events != simulate(cfg).events
 
@@ -75,12 +79,13 @@ def test_size_fraud_rate_and_scenario_mix_are_exact(events):
     assert len(events) == 40_000
     truth = Counter(e["attributes"]["scenario"] for e in events)
     assert sum(v for k, v in truth.items() if k != "legit") == 2000
-    # Default mix 30/20/20/20/10 of 2000 fraud events.
-    assert truth["card_testing"] == 600
+    # Default mix 25/20/15/15/10/15 of 2000 fraud events.
+    assert truth["card_testing"] == 500
     assert truth["account_takeover"] == 400
-    assert truth["compromised_merchant"] == 400
-    assert truth["stolen_card_spree"] == 400
+    assert truth["compromised_merchant"] == 300
+    assert truth["stolen_card_spree"] == 300
     assert truth["amount_outlier"] == 200
+    assert truth["distinct_merchant"] == 300
     assert all(e["attributes"]["is_fraud"] == (e["attributes"]["scenario"] != "legit")
                for e in events)
 
@@ -134,7 +139,7 @@ def test_users_have_their_own_habits(events):
     assert 0.93 < home_share < 0.995
 
 
-def test_scenario_shapes(events):
+def test_scenario_shapes(events, sim):
     incidents = by_incident(events)
     seen = {s for s, _ in incidents}
     assert seen == set(SCENARIOS)
@@ -165,11 +170,63 @@ def test_scenario_shapes(events):
         elif scenario == "stolen_card_spree":
             assert len(users) == 1 and max(times) - min(times) < 12 * HOUR
             assert all(e["channel"] == "pos" for e in evs)
+        elif scenario == "distinct_merchant":
+            # One stolen card, one to three orders at one distinct merchant on different nights,
+            # just below that merchant's step-up threshold.
+            (m,) = {e["merchant_id"] for e in evs}
+            threshold = sim.merchants.distinct[int(m[1:])]
+            assert m in sim.distinct_merchant_ids and len(users) == 1 and 1 <= len(evs) <= 3
+            assert all(0.85 * threshold <= e["amount"] < threshold for e in evs)
+            assert all(b - a >= 20 * HOUR for a, b in zip(times, times[1:]))  # other nights
+            assert all(1 <= (t // HOUR) % 24 < 5 for t in times)
+            assert all(e["channel"] == "web" for e in evs)
         elif scenario == "amount_outlier":
             (e,) = evs
             habit = medians.get(e["user_id"])
             if habit and len(habit) >= 5:
                 assert e["amount"] > 3 * statistics.median(habit)
+
+
+def test_distinct_merchants_have_their_own_fraud_signature(events, sim):
+    # High-value merchants, among the busiest of their categories, with high amounts normal and
+    # fraud in a band that their own legitimate traffic rarely uses.
+    distinct = sim.distinct_merchant_ids
+    assert len(distinct) == 3
+    assert {sim.merchants.category[int(m[1:])] for m in distinct} <= \
+        {"electronics", "jewellery", "travel"}
+    legit = defaultdict(list)
+    fraud = defaultdict(list)
+    for e in events:
+        if e.get("merchant_id") in distinct and e["event_type"] == "transaction":
+            (fraud if e["attributes"]["is_fraud"] else legit)[e["merchant_id"]].append(e)
+    for m in distinct:
+        threshold = sim.merchants.distinct[int(m[1:])]
+        amounts = [e["amount"] for e in legit[m]]
+        assert len(amounts) > 200 and statistics.median(amounts) > 2.5 * threshold
+        in_band = sum(0.85 * threshold <= a < threshold for a in amounts) / len(amounts)
+        assert in_band < 0.06
+        at_night = sum(1 <= (e["event_time"] // HOUR) % 24 < 5 for e in legit[m]) / len(legit[m])
+        assert at_night < 0.06
+        signature = [e for e in fraud[m] if e["attributes"]["scenario"] == "distinct_merchant"]
+        assert signature and all(0.85 * threshold <= e["amount"] < threshold for e in signature)
+    # The whole population's fraud is the other way round: larger than the user's habit.
+    population = [e["amount"] for e in events if e["attributes"]["scenario"] in
+                  ("account_takeover", "stolen_card_spree", "amount_outlier")
+                  and e["event_type"] == "transaction"]
+    assert statistics.median(population) > 3 * max(sim.merchants.distinct.values())
+
+
+def test_distinct_merchants_are_an_option():
+    base = dict(events=4000, days=7, fraud_rate=0.05, seed=4)
+    assert len(simulate(SimConfig(**base, distinct_merchants=1)).distinct_merchant_ids) == 1
+    five = simulate(SimConfig(**base, distinct_merchants=5))
+    assert len(five.distinct_merchant_ids) == 5
+    assert {e["merchant_id"] for e in five.events
+            if e["attributes"]["scenario"] == "distinct_merchant"} <= \
+        set(five.distinct_merchant_ids)
+    # Without the scenario in the mix no merchant is named distinct.
+    none = simulate(SimConfig(**base, mix={"card_testing": 1.0}))
+    assert none.distinct_merchant_ids == [] and none.summary()["distinct_merchants"] == []
 
 
 def test_labels_follow_events_with_realistic_delays(events, labels, sim):
@@ -216,6 +273,8 @@ def test_never_confirmed_share_is_an_option():
     ({"fraud_rate": 0.9}, "fraud_rate"),
     ({"mix": {"phishing": 1.0}}, "unknown scenario"),
     ({"mix": {"card_testing": 0.0}}, "positive weight"),
+    ({"distinct_merchants": 0}, "distinct_merchants"),
+    ({"distinct_merchants": -1}, "distinct_merchants"),
 ])
 def test_invalid_configurations_are_named(kwargs, message):
     with pytest.raises(ValueError, match=message):
