@@ -17,9 +17,10 @@ carry are registered here for the run only: the default with a Platt calibrator,
 learned correction without the prior, and the default with the merchant fraud rate delayed 7 days
 (the feature set before 2026-11-28; ``blend`` on those features is the default as it was then).
 
-Merchants with distinct behaviour (``merchants``): those the simulator's compromised-merchant
-scenario hit (from the stream's ground truth), and those whose labelled fraud rate is at least
-three times the stream's (with at least 100 labelled events), from the labels.
+Merchants with distinct behaviour (``merchants``): the simulator's distinct merchants (fraud of
+their own signature, ``Simulation.distinct_merchant_ids``), those its compromised-merchant
+scenario hit (both from the stream's ground truth), and those whose labelled fraud rate is at
+least three times the stream's (with at least 100 labelled events), from the labels.
 
 Not part of the test suite; the figures go to ``docs/models.md``.
 """
@@ -109,6 +110,7 @@ class Stream:
     events: Path
     labels: Path
     compromised: set[str]
+    distinct: set[str]
 
 
 def make_stream(seed: int, n_events: int, days: float, mix: dict[str, float] | None,
@@ -121,7 +123,7 @@ def make_stream(seed: int, n_events: int, days: float, mix: dict[str, float] | N
     write_jsonl(sim.iter_labels(), lab)
     compromised = {e["merchant_id"] for e in sim.iter_events()
                    if e["attributes"].get("scenario") == "compromised_merchant"}
-    return Stream(seed, ev, lab, compromised)
+    return Stream(seed, ev, lab, compromised, set(sim.distinct_merchant_ids))
 
 
 def _high_fraud_merchants(result: Any, factor: float = 3.0, min_labelled: int = 100) -> set[str]:
@@ -150,7 +152,8 @@ def run(stream: Stream, model: str, features: str | None = None,
     if evaluate_from_ms is not None:
         since = int(result.event_times.min()) + evaluate_from_ms
     report = compute_report(result, budgets=(0.01,), top_merchants=0, since=since,
-                            merchant_slices={"compromised": stream.compromised,
+                            merchant_slices={"distinct": stream.distinct,
+                                             "compromised": stream.compromised,
                                              "high_fraud": _high_fraud_merchants(result)})
     report["cpu_seconds"] = time.process_time() - t0
     return report
@@ -226,13 +229,14 @@ def merchants(streams: list[Stream]) -> tuple[str, dict]:
         for label, mm in (("global + per-merchant models", True), ("global only", False)):
             rep = run(st, "default", merchant_models=mm)
             row = {f"all_{k}": v for k, v in _metrics(rep["overall"]).items()}
-            for name in ("compromised", "high_fraud"):
+            for name in ("distinct", "compromised", "high_fraud"):
                 row.update({f"{name}_{k}": v
                             for k, v in _metrics(rep["merchant_slices"][name]).items()})
                 row[f"{name}_n"] = rep["merchant_slices"][name]["merchants"]
             raw.setdefault(label, []).append(row)
             print(f"  merchants seed={st.seed} {label}: {row}", file=sys.stderr, flush=True)
     cols = [("ROC AUC overall", "all_auc"), ("AP overall", "all_ap"),
+            ("ROC AUC distinct", "distinct_auc"), ("AP distinct", "distinct_ap"),
             ("ROC AUC compromised", "compromised_auc"), ("AP compromised", "compromised_ap"),
             ("ROC AUC high-fraud", "high_fraud_auc"), ("AP high-fraud", "high_fraud_ap")]
     return _table("default model", list(raw.items()), cols), raw

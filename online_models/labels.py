@@ -73,7 +73,7 @@ class Snapshot:
     score: float                    # final score that was decided on
     global_version: str
     raw_global: float = 0.0
-    raw_merchant: float | None = None  # merchant model's calibrated score, if it was used
+    raw_merchant: float | None = None  # global + merchant's full correction, if it was used
     merchant_n: int = 0             # labels the merchant model had learned at scoring time
     challenger_version: str | None = None
     challenger_vector: dict | None = None

@@ -1,59 +1,87 @@
-"""Per-merchant models and how their scores are blended with the global model's.
+"""Per-merchant models: a correction to the global model's score, learned per merchant.
 
-Every merchant has a small model (spec ``logreg`` by default: a few kB pickled) that learns from
-that merchant's labelled events from the first label on. It is *used* only once it has learned
-``min_labels`` (N) labels; from then on the raw score is
+Every merchant has a small model (spec ``merchant-correction`` by default, a logistic regression
+of a few kB pickled) that learns, from
+that merchant's labelled events and from the first label on, a *correction* to the global
+model's log-odds: it is trained with the event's global log-odds (as the event was scored, from
+its snapshot) as a fixed offset, so it learns only what the global model gets wrong at that
+merchant, and it starts at zero. It is *used* only once it has learned ``min_labels`` (N)
+labels; from then on the score is
 
-    raw = (1 - w) * global + w * merchant,   w = n / (n + k)
+    logit(p) = logit(p_global) + w * c,   c = logit(p_merchant) - logit(p_global),
+    w = n / (n + k)
 
-where ``n`` is the number of labels the merchant model has learned and ``k`` (``half_trust``) is
-the count at which both models get equal weight. Below N, ``raw = global``. The weight grows with
-the evidence behind the merchant model and never reaches 1, so the global model keeps a say.
-Both scores go through their calibrators before they are blended (the global model's, each
-merchant model's own small :class:`PlattCalibrator`), since raw scores of different models are on
-different scales; a model whose raw score is used as is has a pass-through instead
-(:func:`online_models.calibration.calibrator_for`; the default global model is one, so its score
-and a Platt-calibrated merchant score are not on quite the same scale: one reason the runtime
-leaves per-merchant models off by default, docs/models.md). The merchant calibrator learns, per
-label, the merchant model's prediction made just before it learns that label (a prequential
-prediction: the model has not seen the example yet).
+where ``p_merchant`` is the merchant model's score with the global log-odds as its offset (the
+correction applied in full), ``n`` the number of labels it has learned and ``k``
+(``half_trust``) the count at which half of the correction is applied. Below N, ``p =
+p_global``. The weight grows with the evidence behind the correction and never reaches 1, so a
+correction learned from few labels moves the score only part of the way.
+
+Why a correction in log-odds rather than a mix of two probabilities: the merchant model learns on
+the global score's own scale (whatever it is: the default global model's score is used
+uncalibrated and over-states the odds, docs/models.md), so nothing needs calibrating per
+merchant, and a merchant model that has learned nothing (``c = 0``) gives exactly the global
+score. Mixing a separately calibrated merchant probability with an uncalibrated global one (the
+rule before 2026-11-28) moved scores between two scales and lost ranking overall.
+
+A spec qualifies if its model takes an ``offset`` (``FraudModel.supports_offset``).
 
 State: :class:`MerchantModels` keeps each merchant's :class:`MerchantModel` in a :class:`KeyValue`
 under ``b"mm:" + merchant_id`` as ``[last_event_time, pickle_bytes]`` (plain list, event time
 first, like every stored value), so it lives in the scoring stage's partitioned state, moves with
-the merchant's partition and is checkpointed and restored like any state. Live objects are kept
-in a bounded in-process cache so scoring does not unpickle. Learning writes through to the store
-(pickling the model per label), or, with ``write_through=False``, marks it dirty until
-:meth:`MerchantModels.flush`, which the I/O layer calls in its commit protocol.
-The cache is per instance: build one :class:`MerchantModels` per assigned partition and drop it
-when the partition is revoked.
+the merchant's partition and is checkpointed and restored like any state. A merchant model stored
+by the old rule (a probability model with its own calibrator) is not a correction and is
+dropped when read: that merchant starts over. Live objects are kept in a bounded in-process cache
+so scoring does not unpickle. Learning writes through to the store (pickling the model per
+label), or, with ``write_through=False``, marks it dirty until :meth:`MerchantModels.flush`,
+which the I/O layer calls in its commit protocol. The cache is per instance: build one
+:class:`MerchantModels` per assigned partition and drop it when the partition is revoked.
 
 >>> rule = BlendRule(min_labels=2, half_trust=2)
 >>> rule.weight(1), rule.weight(2), rule.weight(6)
 (0.0, 0.5, 0.75)
+>>> round(rule.blend(0.2, 0.6, 2), 4)    # half-way in log-odds
+0.3798
 >>> from online_models.labels import MemoryKV
 >>> mm = MerchantModels(MemoryKV(), rule=rule)
->>> _ = mm.learn("m1", {"amount": 1.0}, False, event_time=0)
->>> mm.score("m1", {"amount": 1.0}) is None      # one label: below N, global only
+>>> _ = mm.learn("m1", {"amount": 1.0}, False, event_time=0, global_logit=-2.0)
+>>> mm.score("m1", {"amount": 1.0}, global_logit=-2.0) is None   # one label: global only
 True
->>> _ = mm.learn("m1", {"amount": 9.0}, True, event_time=1)
->>> p, n, version = mm.score("m1", {"amount": 9.0})
->>> n, version
-(2, 'logreg-1/m1/2')
+>>> _ = mm.learn("m1", {"amount": 9.0}, True, event_time=1, global_logit=-2.0)
+>>> p, n, version = mm.score("m1", {"amount": 9.0}, global_logit=-2.0)
+>>> n, version, p > 1 / (1 + math.exp(2.0))     # corrected upwards after a fraud label
+(2, 'merchant-correction-1/m1/2', True)
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from online_models.calibration import calibrator_for
 from online_models.exceptions import ModelConfigError
 from online_models.labels import KeyValue
 from online_models.registry import FraudModel, build
 
-__all__ = ["BlendRule", "MerchantModel", "MerchantModels"]
+__all__ = ["BlendRule", "MerchantModel", "MerchantModels", "logit"]
+
+_EPS = 1e-6
+#: Tag of the stored state of a correction model (what the rule before 2026-11-28 stored has none).
+_FORMAT = 2
+
+
+def logit(p: float) -> float:
+    """The log-odds of ``p``, clipped to ``[1e-6, 1 - 1e-6]``."""
+    p = min(1.0 - _EPS, max(_EPS, p))
+    return math.log(p / (1.0 - p))
+
+
+def _sigmoid(z: float) -> float:
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    e = math.exp(z)
+    return e / (1.0 + e)
 
 
 @dataclass(frozen=True)
@@ -61,7 +89,7 @@ class BlendRule:
     """``w = n / (n + half_trust)`` once ``n >= min_labels``, else 0 (see the module docstring)."""
 
     min_labels: int = 200
-    half_trust: float = 1000.0
+    half_trust: float = 200.0
 
     def __post_init__(self) -> None:
         if self.min_labels < 1 or self.half_trust <= 0:
@@ -71,38 +99,50 @@ class BlendRule:
         return 0.0 if n < self.min_labels else n / (n + self.half_trust)
 
     def blend(self, p_global: float, p_merchant: float, n: int) -> float:
+        """``p_global`` moved by ``weight(n)`` of the way to ``p_merchant``, in log-odds."""
         w = self.weight(n)
-        return (1.0 - w) * p_global + w * p_merchant
+        if w == 0.0:
+            return p_global
+        g = logit(p_global)
+        return _sigmoid(g + w * (logit(p_merchant) - g))
 
 
 class MerchantModel:
-    """One merchant's model and how many labels it has learned."""
+    """One merchant's correction model and how many labels it has learned."""
 
-    __slots__ = ("merchant_id", "model", "calibrator", "n", "last_event_time")
+    __slots__ = ("merchant_id", "model", "n", "last_event_time", "legacy")
 
-    def __init__(self, merchant_id: str, model: FraudModel, min_labels: int = 50) -> None:
+    def __init__(self, merchant_id: str, model: FraudModel) -> None:
+        if not model.supports_offset:
+            raise ModelConfigError(f"per-merchant models: spec {model.name!r} cannot learn a "
+                                   "correction (no offset); use 'merchant-correction'")
         self.merchant_id = merchant_id
         self.model = model
-        self.calibrator = calibrator_for(model, n_bins=24, refit_every=32,
-                                         min_labels=min(50, min_labels))
         self.n = 0
         self.last_event_time = 0
+        self.legacy = False
 
     @property
     def version(self) -> str:
         return f"{self.model.version}/{self.merchant_id}/{self.n}"
 
     def __getstate__(self) -> tuple:
-        return (self.merchant_id, self.model, self.calibrator, self.n, self.last_event_time)
+        return (_FORMAT, self.merchant_id, self.model, self.n, self.last_event_time)
 
     def __setstate__(self, st: tuple) -> None:
-        self.merchant_id, self.model, self.calibrator, self.n, self.last_event_time = st
+        if st[0] == _FORMAT:
+            _, self.merchant_id, self.model, self.n, self.last_event_time = st
+            self.legacy = False
+        else:  # (merchant_id, model, calibrator, n, last_event_time): a probability model
+            self.merchant_id, self.model, _, self.n, self.last_event_time = st
+            self.legacy = True
 
 
 class MerchantModels:
     """Per-merchant models over a :class:`KeyValue` (see the module docstring)."""
 
-    def __init__(self, kv: KeyValue, spec: str = "logreg", rule: BlendRule = BlendRule(),
+    def __init__(self, kv: KeyValue, spec: str = "merchant-correction",
+                 rule: BlendRule = BlendRule(),
                  cache_size: int = 10_000, seed: int = 42, prefix: bytes = b"mm:",
                  write_through: bool = True) -> None:
         self.kv = kv
@@ -125,6 +165,8 @@ class MerchantModels:
         if stored is None:
             return None
         m = pickle.loads(stored[1])
+        if m.legacy:
+            return None  # not a correction (see the module docstring): start over
         self._remember(m)
         return m
 
@@ -139,21 +181,25 @@ class MerchantModels:
         self.kv.put(self.prefix + m.merchant_id.encode(),
                     [m.last_event_time, pickle.dumps(m, protocol=pickle.HIGHEST_PROTOCOL)])
 
-    def score(self, merchant_id: str, v: dict) -> tuple[float, int, str] | None:
-        """``(calibrated merchant score, n, version)`` if trusted (``n >= N``), else ``None``."""
+    def score(self, merchant_id: str, v: dict, global_logit: float
+              ) -> tuple[float, int, str] | None:
+        """``(p_merchant, n, version)`` if trusted (``n >= N``), else ``None``; ``p_merchant`` is
+        the global log-odds with the merchant's full correction (blend it with
+        :meth:`BlendRule.blend`)."""
         m = self.get(merchant_id)
         if m is None or m.n < self.rule.min_labels:
             return None
-        return m.calibrator.predict_one(m.model.score_one(v)), m.n, m.version
+        return m.model.score_one(v, offset=global_logit), m.n, m.version
 
-    def learn(self, merchant_id: str, v: dict, y: bool, event_time: int) -> MerchantModel:
-        """Learn one label and write the model through to the store."""
+    def learn(self, merchant_id: str, v: dict, y: bool, event_time: int,
+              global_logit: float) -> MerchantModel:
+        """Learn one label (``global_logit``: the global log-odds the event was scored with) and
+        write the model through to the store."""
         m = self.get(merchant_id)
         if m is None:
-            m = MerchantModel(merchant_id, build(self.spec, self.seed), self.rule.min_labels)
+            m = MerchantModel(merchant_id, build(self.spec, self.seed))
             self._remember(m)
-        m.calibrator.learn_one(m.model.score_one(v), y)
-        m.model.learn_one(v, y)
+        m.model.learn_one(v, y, offset=global_logit)
         m.n += 1
         m.last_event_time = max(m.last_event_time, event_time)
         if self.write_through:

@@ -6,8 +6,9 @@ Per event, :meth:`Scorer.score` (predict, never learn):
    swaps the reference and cannot change a score call in progress);
 2. ``v = model.prepare_one(x)``: the vector scored and later learned from;
 3. raw global score and the top reason codes in one pass;
-4. calibrate it; if the merchant's model is trusted, blend the two calibrated probabilities
-   (:class:`online_models.merchant.BlendRule`);
+4. calibrate it (or not: :func:`online_models.calibration.calibrator_for`); if the merchant's
+   model is trusted, apply its correction to the global log-odds, weighted by the labels behind
+   it (:class:`online_models.merchant.BlendRule`);
 5. decide with the global or the merchant's thresholds;
 6. score the challenger, if any (recorded, never decided on);
 7. store the :class:`online_models.labels.Snapshot` under the event id; return a
@@ -17,7 +18,8 @@ Per label, :meth:`Scorer.learn` joins the stored snapshot (counting unknown, exp
 labels) and, in this order: updates the quality monitor with the scores *as they were stored*
 (progressive validation), learns the merchant model (when ``learn_merchants``), the
 challenger and (when ``learn_global``) the global model and its calibrator, all from the stored
-vectors. It returns a :class:`LearnOutcome` whose ``example`` is what a worker sends to the
+vectors (the merchant model with the global log-odds the event was scored with as its offset).
+It returns a :class:`LearnOutcome` whose ``example`` is what a worker sends to the
 trainer when the global model is learned elsewhere (``learn_global=False``); the trainer calls
 :meth:`GlobalModel.learn` with it. The streaming worker and the backtest both call exactly these two
 methods (the backtest through :func:`online_models.replay.replay`), so predict-then-learn order is
@@ -50,7 +52,7 @@ from online_models.calibration import (DecisionPolicy, PassThrough, PlattCalibra
 from online_models.exceptions import SnapshotError
 from online_models.labels import (DEFAULT_TTL_MS, JOINED, Example, KeyValue, Snapshot,
                                   SnapshotStore)
-from online_models.merchant import BlendRule, MerchantModels
+from online_models.merchant import BlendRule, MerchantModels, logit
 from online_models.metrics import DriftRecord, QualityMonitor
 from online_models.registry import FraudModel, build, get_spec
 
@@ -171,7 +173,7 @@ class Scorer:
 
     @classmethod
     def create(cls, spec: str = "default", kv: KeyValue | None = None, *, seed: int = 42,
-               merchant_spec: str | None = "logreg", blend: BlendRule = BlendRule(),
+               merchant_spec: str | None = "merchant-correction", blend: BlendRule = BlendRule(),
                policy: DecisionPolicy | None = None, ttl_ms: int = DEFAULT_TTL_MS,
                challenger: str | None = None, learn_global: bool = True,
                budget: float = 0.01, write_through: bool = True) -> "Scorer":
@@ -236,7 +238,7 @@ class Scorer:
         merchant_n = 0
         merchant_version = None
         if merchant_id is not None and self.merchants is not None:
-            m = self.merchants.score(merchant_id, v)
+            m = self.merchants.score(merchant_id, v, logit(p_global))
             if m is not None:
                 p_merchant, merchant_n, merchant_version = m
                 p = self.merchants.rule.blend(p_global, p_merchant, merchant_n)
@@ -268,7 +270,9 @@ class Scorer:
         example = Example(snap, y, label_time)
         drifts = self._evaluate(example)
         if snap.merchant_id is not None and self.merchants is not None and self.learn_merchants:
-            self.merchants.learn(snap.merchant_id, snap.vector, y, snap.event_time)
+            p_global = snap.p_global if snap.p_global is not None else snap.raw
+            self.merchants.learn(snap.merchant_id, snap.vector, y, snap.event_time,
+                                 logit(p_global))
         c = self._challenger
         if c is not None and snap.challenger_vector is not None:
             c.model.learn_one(snap.challenger_vector, y)

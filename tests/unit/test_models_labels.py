@@ -8,7 +8,7 @@ import pickle
 import pytest
 
 from online_models.labels import DAY_MS, MemoryKV, SnapshotStore
-from online_models.merchant import BlendRule
+from online_models.merchant import BlendRule, logit
 from online_models.registry import build
 from online_models.replay import EventItem, LabelItem, merge_by_time, replay
 from online_models.scorer import GlobalModel, Scorer
@@ -164,11 +164,12 @@ def test_merchant_models_blend_after_n_labels_and_survive_the_store():
     scorer.score({"amount": 4.0}, "m1", "e19", event_time=51)
     scorer.learn("e19", True, 52)
     r = scorer.score({"amount": 4.0}, "m1", "b", event_time=53)
-    assert r.versions["merchant"] == "logreg-1/m1/20"
-    assert r.model_version.endswith("+logreg-1/m1/20")
+    assert r.versions["merchant"] == "merchant-correction-1/m1/20"
+    assert r.model_version.endswith("+merchant-correction-1/m1/20")
     snap = scorer.snapshots.get("b")
     w = 20 / (20 + 20)
-    assert r.score == pytest.approx((1 - w) * snap.p_global + w * snap.raw_merchant)
+    lg, lm = logit(snap.p_global), logit(snap.raw_merchant)
+    assert r.score == pytest.approx(1 / (1 + math.exp(-(lg + w * (lm - lg)))))
     # a fresh MerchantModels over the same store (restart, rebalance) sees the same model
     scorer.merchants.clear_cache()
     r2 = scorer.score({"amount": 4.0}, "m1", "c", event_time=54)
@@ -191,7 +192,7 @@ def test_frozen_merchant_models_keep_scoring_but_stop_learning():
         assert out.status == "joined" and out.example is not None  # still sent to a trainer
     assert pickle.dumps(scorer.merchants.get("m1")) == before
     again = scorer.score({"amount": 4.0}, "m1", "p1", event_time=300)
-    assert again.score == probe.score and again.versions["merchant"] == "logreg-1/m1/40"
+    assert again.score == probe.score and again.versions["merchant"] == "merchant-correction-1/m1/40"
     assert scorer.global_model.n_learned == 40
 
 

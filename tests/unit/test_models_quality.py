@@ -184,5 +184,8 @@ def test_blend_rule_trusts_merchant_more_as_data_grows():
     assert rule.weight(100) == 0.25 and rule.weight(300) == 0.5 and rule.weight(900) == 0.75
     ws = [rule.weight(n) for n in range(100, 5000, 100)]
     assert ws == sorted(ws) and ws[-1] < 1.0
-    assert rule.blend(0.2, 0.6, 300) == pytest.approx(0.4)
+    # half of the merchant's correction, in log-odds: logit 0.2 = -1.386, logit 0.6 = 0.405
+    assert rule.blend(0.2, 0.6, 300) == pytest.approx(1 / (1 + math.exp(-(-1.386 + 0.405) / 2)),
+                                                      abs=1e-3)
     assert rule.blend(0.2, 0.6, 50) == 0.2
+    assert rule.blend(0.2, 0.2, 900) == pytest.approx(0.2)  # no correction, no change
