@@ -210,3 +210,101 @@ def test_default_model_scores_are_used_uncalibrated():
         scorer.learn(f"e{i}", i % 7 == 6, i + 1)
     assert g.calibrator.n == 300 and g.calibrator.n_pos == 42 and not g.calibrator.fitted
     assert GlobalModel.from_bytes(g.to_bytes()).calibrator.n == 300
+
+
+def _auc(pairs):
+    """ROC AUC of [(score, is_fraud)] by counting ordered pairs (ties count half)."""
+    pos = [s for s, y in pairs if y]
+    neg = [s for s, y in pairs if not y]
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def _merchant_stream(seed=5, n=6000):
+    """Population fraud shows as a high ``a`` and a low ``b``; at merchant ``mx`` (one event in
+    eight) fraud shows as a high ``b`` instead (``a`` says nothing there). Labels arrive 50
+    events later."""
+    import random
+
+    rng = random.Random(seed)
+    events = []
+    for i in range(n):
+        m = "mx" if i % 8 == 0 else f"m{i % 7}"
+        fraud = rng.random() < 0.1
+        a, b = rng.gauss(0, 1), rng.gauss(0, 1)
+        if fraud and m == "mx":
+            b += 2.5
+        elif fraud:
+            a, b = a + 2.5, b - 1.0
+        events.append((f"e{i}", m, {"a": a, "b": b}, fraud))
+    return events
+
+
+def _run(events, **kw):
+    scorer = Scorer.create("logreg", seed=1, blend=BlendRule(min_labels=100, half_trust=100),
+                           **kw)
+    out = []
+    for i, (eid, m, x, y) in enumerate(events):
+        rec = scorer.score(x, m, eid, event_time=i)
+        out.append((rec.score, y, m, i))
+        if i >= 50:
+            old = events[i - 50]
+            scorer.learn(old[0], old[3], label_time=i)
+    return out, scorer
+
+
+def test_merchant_correction_learns_what_the_global_model_cannot():
+    events = _merchant_stream()
+    with_mm, scorer = _run(events)
+    without, _ = _run(events, merchant_spec=None)
+    late = lambda rs, at_mx: [(s, y) for s, y, m, i in rs  # noqa: E731
+                              if i >= 3000 and (m == "mx") == at_mx]
+    # At mx the global model ranks by the wrong feature; the correction learns b.
+    assert _auc(late(without, True)) < 0.65
+    assert _auc(late(with_mm, True)) > _auc(late(without, True)) + 0.15
+    # Elsewhere the global model is right and the corrections leave it about where it was.
+    assert _auc(late(with_mm, False)) > _auc(late(without, False)) - 0.02
+    weights = scorer.merchants.get("mx").model.model.weights
+    assert weights["b"] > 0.5 and weights["b"] > abs(weights["a"])
+
+
+def test_an_unlearned_correction_leaves_the_global_score_as_it_is():
+    kv = MemoryKV()
+    scorer = Scorer.create("default", kv=kv, blend=BlendRule(min_labels=1, half_trust=1))
+    x = {"amount": 30.0, "user_txn_count_1m": 2.0}
+    scorer.score(x, "m1", "e0", event_time=0)
+    scorer.learn_merchants = False          # the global model learns, the merchant one not
+    scorer.learn("e0", False, label_time=1)
+    assert scorer.merchants.get("m1") is None
+    scorer.learn_merchants = True
+    m = scorer.merchants.learn("m1", {"amount": 1.0}, False, event_time=0, global_logit=0.0)
+    m.model.model.bias = 0.0                # learned nothing: zero correction
+    for s in m.model.model._state.values():
+        s[3] = 0.0
+    rec = scorer.score(x, "m1", "e1", event_time=2)
+    assert rec.versions["merchant"] is not None
+    assert rec.score == pytest.approx(scorer.snapshots.get("e1").p_global, rel=1e-9)
+
+
+def test_merchant_model_stored_by_the_old_rule_is_dropped_and_relearned():
+    from online_models.merchant import MerchantModel, MerchantModels
+
+    class OldFormat:  # what the rule before 2026-11-28 pickled: (id, model, calibrator, n, t)
+        def __reduce__(self):
+            return (MerchantModel.__new__, (MerchantModel,),
+                    ("m1", build("logreg"), None, 500, 7))
+
+    kv = MemoryKV()
+    kv.put(b"mm:m1", [7, pickle.dumps(OldFormat())])
+    mm = MerchantModels(kv)
+    assert mm.get("m1") is None and mm.score("m1", {"amount": 1.0}, global_logit=0.0) is None
+    m = mm.learn("m1", {"amount": 1.0}, True, event_time=8, global_logit=-3.0)
+    assert m.n == 1 and MerchantModels(kv).get("m1").n == 1
+
+
+def test_a_spec_that_cannot_take_an_offset_cannot_be_a_merchant_model():
+    from online_models.exceptions import ModelConfigError
+    from online_models.merchant import MerchantModels
+
+    with pytest.raises(ModelConfigError, match="offset"):
+        MerchantModels(MemoryKV(), spec="hat").learn("m1", {"a": 1.0}, True, 0, global_logit=0.0)
