@@ -236,6 +236,7 @@ def merchants(streams: list[Stream]) -> tuple[str, dict]:
             raw.setdefault(label, []).append(row)
             print(f"  merchants seed={st.seed} {label}: {row}", file=sys.stderr, flush=True)
     cols = [("ROC AUC overall", "all_auc"), ("AP overall", "all_ap"),
+            ("precision@1% overall", "all_p_at_budget"),
             ("ROC AUC distinct", "distinct_auc"), ("AP distinct", "distinct_ap"),
             ("ROC AUC compromised", "compromised_auc"), ("AP compromised", "compromised_ap"),
             ("ROC AUC high-fraud", "high_fraud_auc"), ("AP high-fraud", "high_fraud_ap")]

@@ -111,9 +111,10 @@ class Settings:
     # Per-merchant overrides: "MERCHANT=REVIEW:BLOCK,..." e.g. "m7=0.3:0.6,m9=0.6:0.95".
     merchant_thresholds: str = ""
     model_name: str = "default"
-    # Per-merchant models (docs/models.md): learned from each merchant's labels in the worker and
-    # blended with the global model's score once trusted. Off by default: in backtests with
-    # delayed labels they did not beat the global model alone (docs/models.md has the numbers).
+    # Per-merchant models (docs/models.md): a correction to the global log-odds learned from each
+    # merchant's labels in the worker, applied once trusted. Off by default: in backtests with
+    # delayed labels they win on merchants with their own fraud signature and on ROC AUC, but
+    # overall AP is level with the global model alone (docs/models.md has the numbers).
     merchant_models: bool = False
     # Feature definitions (TOML, see docs/features.md); empty means the default set.
     features_file: str | None = None
