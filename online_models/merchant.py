@@ -24,6 +24,14 @@ merchant, and a merchant model that has learned nothing (``c = 0``) gives exactl
 score. Mixing a separately calibrated merchant probability with an uncalibrated global one (the
 rule before 2026-11-28) moved scores between two scales and lost ranking overall.
 
+The correction does not see the merchant's own label-aware features (``exclude``: names
+starting ``merchant_txn_fraud_``, the merchant's fraud count and rate). At one merchant they are
+the same for every event at a given time and a delayed echo of the very labels the correction
+learns from: learning from them, it learns *when* that merchant had fraud (an incident the
+global model already sees through the same features) rather than *which* of its events are
+fraud, and keeps pushing the merchant's events up after the incident. (Chosen on backtests,
+docs/models.md.)
+
 A spec qualifies if its model takes an ``offset`` (``FraudModel.supports_offset``).
 
 State: :class:`MerchantModels` keeps each merchant's :class:`MerchantModel` in a :class:`KeyValue`
@@ -64,7 +72,10 @@ from online_models.exceptions import ModelConfigError
 from online_models.labels import KeyValue
 from online_models.registry import FraudModel, build
 
-__all__ = ["BlendRule", "MerchantModel", "MerchantModels", "logit"]
+__all__ = ["BlendRule", "MerchantModel", "MerchantModels", "logit", "EXCLUDE"]
+
+#: Name prefixes of the features a merchant's correction does not see (module docstring).
+EXCLUDE: tuple[str, ...] = ("merchant_txn_fraud_",)
 
 _EPS = 1e-6
 #: Tag of the stored state of a correction model (what the rule before 2026-11-28 stored has none).
@@ -144,7 +155,8 @@ class MerchantModels:
     def __init__(self, kv: KeyValue, spec: str = "merchant-correction",
                  rule: BlendRule = BlendRule(),
                  cache_size: int = 10_000, seed: int = 42, prefix: bytes = b"mm:",
-                 write_through: bool = True) -> None:
+                 write_through: bool = True,
+                 exclude: tuple[str, ...] = EXCLUDE) -> None:
         self.kv = kv
         self.spec = spec
         self.rule = rule
@@ -152,8 +164,14 @@ class MerchantModels:
         self.seed = seed
         self.prefix = prefix
         self.write_through = write_through
+        self.exclude = tuple(exclude)
         self._dirty: dict[str, MerchantModel] = {}
         self._cache: OrderedDict[str, MerchantModel] = OrderedDict()
+
+    def _inputs(self, v: dict) -> dict:
+        """``v`` without the excluded features (``v`` itself if nothing is excluded)."""
+        ex = self.exclude
+        return {k: x for k, x in v.items() if not k.startswith(ex)} if ex else v
 
     def get(self, merchant_id: str) -> MerchantModel | None:
         """The merchant's model, or ``None`` if it has never learned a label."""
@@ -189,7 +207,7 @@ class MerchantModels:
         m = self.get(merchant_id)
         if m is None or m.n < self.rule.min_labels:
             return None
-        return m.model.score_one(v, offset=global_logit), m.n, m.version
+        return m.model.score_one(self._inputs(v), offset=global_logit), m.n, m.version
 
     def learn(self, merchant_id: str, v: dict, y: bool, event_time: int,
               global_logit: float) -> MerchantModel:
@@ -199,7 +217,7 @@ class MerchantModels:
         if m is None:
             m = MerchantModel(merchant_id, build(self.spec, self.seed))
             self._remember(m)
-        m.model.learn_one(v, y, offset=global_logit)
+        m.model.learn_one(self._inputs(v), y, offset=global_logit)
         m.n += 1
         m.last_event_time = max(m.last_event_time, event_time)
         if self.write_through:

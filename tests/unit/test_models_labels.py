@@ -308,3 +308,23 @@ def test_a_spec_that_cannot_take_an_offset_cannot_be_a_merchant_model():
 
     with pytest.raises(ModelConfigError, match="offset"):
         MerchantModels(MemoryKV(), spec="hat").learn("m1", {"a": 1.0}, True, 0, global_logit=0.0)
+
+
+def test_merchant_correction_does_not_see_the_merchants_fraud_label_features():
+    from online_models.merchant import EXCLUDE, MerchantModels
+
+    rate = "merchant_txn_fraud_rate_30d_delay15d"
+    assert rate.startswith(EXCLUDE)
+    mm = MerchantModels(MemoryKV(), rule=BlendRule(min_labels=1, half_trust=1))
+    v = {"amount": 5.0, rate: 0.2, "merchant_txn_fraud_count_30d_delay7d": 3.0}
+    before = dict(v)
+    for i in range(20):
+        mm.learn("m1", dict(v, amount=float(i), **{rate: i / 20}), i % 2 == 0, i, global_logit=-2.0)
+    assert set(mm.get("m1").model.model.weights) == {"amount"}
+    p, _, _ = mm.score("m1", v, global_logit=-2.0)
+    assert p == mm.score("m1", dict(v, **{rate: 0.9}), global_logit=-2.0)[0]
+    assert v == before
+    # exclude=() lets them in
+    everything = MerchantModels(MemoryKV(), exclude=())
+    everything.learn("m1", v, True, 0, global_logit=-2.0)
+    assert rate in everything.get("m1").model.model.weights
