@@ -1,19 +1,19 @@
 """Per-merchant models: a correction to the global model's score, learned per merchant.
 
-Every merchant has a small model (spec ``merchant-correction`` by default, a logistic regression
-of a few kB pickled) that learns, from
-that merchant's labelled events and from the first label on, a *correction* to the global
-model's log-odds: it is trained with the event's global log-odds (as the event was scored, from
-its snapshot) as a fixed offset, so it learns only what the global model gets wrong at that
-merchant, and it starts at zero. It is *used* only once it has learned ``min_labels`` (N)
-labels; from then on the score is
+Every merchant has a small model (spec ``merchant-correction`` by default: a logistic regression
+with standardised values clipped to +-2, a few kB pickled) that learns, from that merchant's
+labelled events and from the first label on, a *correction* to the global model's log-odds: it
+is trained with the event's global log-odds (as the event was scored, from its snapshot) as a
+fixed offset, so it learns only what the global model gets wrong at that merchant, and it starts
+at zero. It is *used* only once it has learned ``min_labels`` (N, 200) labels; from then on the
+score is
 
     logit(p) = logit(p_global) + w * c,   c = logit(p_merchant) - logit(p_global),
     w = n / (n + k)
 
 where ``p_merchant`` is the merchant model's score with the global log-odds as its offset (the
 correction applied in full), ``n`` the number of labels it has learned and ``k``
-(``half_trust``) the count at which half of the correction is applied. Below N, ``p =
+(``half_trust``, 200) the count at which half of the correction is applied. Below N, ``p =
 p_global``. The weight grows with the evidence behind the correction and never reaches 1, so a
 correction learned from few labels moves the score only part of the way.
 
