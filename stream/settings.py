@@ -113,8 +113,8 @@ class Settings:
     model_name: str = "default"
     # Per-merchant models (docs/models.md): a correction to the global log-odds learned from each
     # merchant's labels in the worker, applied once trusted. Off by default: in backtests with
-    # delayed labels they win on merchants with their own fraud signature and on ROC AUC, but
-    # overall AP is level with the global model alone (docs/models.md has the numbers).
+    # delayed labels they win on merchants with their own fraud signature, but where no merchant
+    # has one, overall AP is level with the global model alone (docs/models.md has the numbers).
     merchant_models: bool = False
     # Feature definitions (TOML, see docs/features.md); empty means the default set.
     features_file: str | None = None
