@@ -121,11 +121,11 @@ class Settings:
     # How often (wall-clock seconds) each task's store is swept for entities idle beyond their
     # TTL (event time); a sweep scans the whole partition store. 0 disables it.
     state_expiry_interval_s: float = 3600.0
-    # Feature state kept as live objects per partition store (the write-back cache), and the
-    # RocksDB row cache (encoded values, shared by all of the worker's stores) behind it;
-    # docs/operations.md, "Sizing state caches".
+    # Feature state kept as live objects per partition store (the write-back cache), and an
+    # optional RocksDB row cache (encoded values, shared by all of the worker's stores) behind
+    # it; docs/operations.md, "Sizing state caches".
     state_cache_entries: int = 200_000
-    state_row_cache_mb: int = 256
+    state_row_cache_mb: int = 0
     # Model quality the worker exports (docs/operations.md): precision and recall are measured at
     # this review budget (the fraction of labelled events a review team looks at, highest scores
     # first); the figures are recomputed every quality_metrics_interval_s wall-clock seconds, on
