@@ -1261,21 +1261,23 @@ cdef class Groups:
     cdef list kernels, prefixes, entities
     cdef list label_idx           # per group: its index when it has label rings, else None
     cdef int64_t ttl
-    cdef object get, put
+    cdef object get, put, touch
 
     def __init__(self, kernels: list, prefixes: list, entities: list, label_idx: list,
-                 int64_t ttl_ms, get, put):
+                 int64_t ttl_ms, get, put, touch=None):
         self.kernels, self.prefixes, self.entities = list(kernels), list(prefixes), list(entities)
         self.label_idx = list(label_idx)
         self.ttl = ttl_ms
-        self.get, self.put = get, put
+        # ``touch(key)``: the store's "the object get() returned has changed" (cheaper than a
+        # put of the same object); stores without one get a put.
+        self.get, self.put, self.touch = get, put, touch
 
     def process(self, dict vals, int64_t t, dict out, list index) -> bool:
         """Fold the event into every group's entity state and write the features into ``out``;
         append ``(group, key)`` to ``index`` (if given) for each label-aware state folded into.
         Returns whether the event was late for any group."""
         cdef int i, r
-        cdef bint late = False
+        cdef bint late = False, fresh
         cdef bytes key
         cdef object st
         cdef GroupKernel g
@@ -1285,11 +1287,15 @@ cdef class Groups:
                 continue
             g = <GroupKernel>self.kernels[i]
             st = self.get(key)
-            if st is None or t - (<State>st).t > self.ttl:
+            fresh = st is None or t - (<State>st).t > self.ttl
+            if fresh:
                 st = g.new_state()
             r = g._step(<State>st, vals, t, out)
             if r == 0:
-                self.put(key, st)
+                if fresh or self.touch is None:
+                    self.put(key, st)
+                else:
+                    self.touch(key)
                 if index is not None and self.label_idx[i] is not None:
                     index.append((self.label_idx[i], key))
             elif r == 2:

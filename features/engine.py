@@ -167,7 +167,8 @@ class FeatureEngine:
         self._loop = Groups([g.kernel for g in self._groups], [g.prefix for g in self._groups],
                             [g.entity for g in self._groups],
                             [g.index if g.label_rings else None for g in self._groups],
-                            self._ttl, self.store.get, self.store.put)
+                            self._ttl, self.store.get, self.store.put,
+                            getattr(self.store, "touch", None))
         self._fields = tuple(sorted(fields))
         self._numeric = tuple(sorted({name for g in groups.values() for ring in g.rings
                                       for name in ring[3]}))

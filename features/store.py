@@ -52,6 +52,9 @@ class StateStore(Protocol):
     def delete(self, key: bytes) -> None:
         """Remove ``key`` if present."""
 
+    # Optional: ``touch(key)``, "the object get(key) returned was changed in place", which a
+    # store can do cheaper than a put of that same object. The engine uses it when present.
+
 
 class DictStore:
     """:class:`StateStore` over a dict: objects are kept as they are, nothing expires."""

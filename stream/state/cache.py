@@ -100,6 +100,11 @@ class CachedStore:
             self._dirty.discard(key)
             self._stage(key, self._encode(value))
 
+    def touch(self, key: bytes) -> None:
+        """The object :meth:`get` just returned for ``key`` was changed in place: mark it dirty
+        (a :meth:`put` of the same object, without looking it up again)."""
+        self._dirty.add(key)
+
     def delete(self, key: bytes) -> None:
         self._young.pop(key, None)
         self._old.pop(key, None)
