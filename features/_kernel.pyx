@@ -995,12 +995,21 @@ def decode_state(data) -> State:
     cdef Ring* r
     cdef uint64_t key
     cdef uint32_t val
+    cdef const char* q2
+    # Every length read from the data is checked against the bytes left (take) before anything
+    # is allocated or copied: corrupt input is a ValueError, never a bad read or write.
     for j in range(8):
         ut = (ut << 8) | <uint8_t>q[1 + j]
     st.t = <int64_t>ut
     st.nr = <uint8_t>rd.take(1)[0]
     cdef uint32_t lastn = rd.u32()
-    st.last = list(_mloads(rd.take(lastn)[:lastn])) if lastn else []
+    if lastn:
+        try:
+            st.last = list(_mloads(rd.take(lastn)[:lastn]))
+        except (EOFError, TypeError) as exc:
+            raise ValueError(f"corrupt last values: {exc}") from None
+    else:
+        st.last = []
     st.rings = <Ring*>malloc((st.nr or 1) * sizeof(Ring))
     if st.rings == NULL:
         raise MemoryError()
@@ -1021,20 +1030,27 @@ def decode_state(data) -> State:
                 q = rd.take(12)
                 memcpy(&key, q, 8)
                 memcpy(&val, q + 8, 4)
+                if key == 0 or val == 0:
+                    raise ValueError("corrupt distinct map")
                 _hm_incr(&r.rmap[k], key)
                 r.rmap[k].vals[_hm_slot(&r.rmap[k], key)] = val
-        _ring_reserve(r, nb)
+        q = rd.take(<Py_ssize_t>nb * 8)
+        q2 = rd.take(<Py_ssize_t>nb * r.width * 8)
+        _ring_reserve(r, <int32_t>nb)
         if nb:
-            memcpy(r.bidx, rd.take(nb * 8), nb * 8)
-            memcpy(r.bs, rd.take(nb * r.width * 8), nb * r.width * 8)
+            memcpy(r.bidx, q, nb * 8)
+            memcpy(r.bs, q2, <Py_ssize_t>nb * r.width * 8)
+        for p in range(1, <int32_t>nb):
+            if r.bidx[p] <= r.bidx[p - 1]:
+                raise ValueError("buckets out of order")
         r.nb = nb
         if nd:
             memset(r.bset, 0, nb * nd * sizeof(HSet))
         for p in range(<int32_t>(nb * nd)):
             cnt = rd.u32()
-            q = rd.take(cnt * 8)
+            q = rd.take(<Py_ssize_t>cnt * 8)
             for e in range(cnt):
-                memcpy(&key, q + 8 * e, 8)
+                memcpy(&key, q + <Py_ssize_t>8 * e, 8)
                 _hs_add(&r.bset[p], key)
     if rd.p != rd.end:
         raise ValueError("trailing bytes after feature state")

@@ -2,9 +2,11 @@
 
 River's ``StandardScaler() | LogisticRegression()`` pipeline walks the feature dict four times per
 learned event and costs about 45 us with 42 features; fraud scoring needs the whole pipeline well
-under 100 us. :class:`ScaledLogisticRegression` keeps, per feature, one list ``[mean, m2, weight]``
-(Welford running mean and squared deviations, and the model weight) so predicting is one pass and
-learning two. It is a :class:`river.base.Classifier`, so it composes with River tooling.
+under 100 us. :class:`ScaledLogisticRegression` keeps, per feature, one list
+``[count, mean, m2, weight, 1/std]`` (Welford running mean and squared deviations, the model
+weight) so predicting is one pass and learning two; the passes are compiled
+(``online_models/_linear.pyx``, the same arithmetic in the same order, on the same lists). It is a
+:class:`river.base.Classifier`, so it composes with River tooling.
 
 Class imbalance: a positive (fraud) example is learned with weight
 ``min(max_pos_weight, sqrt((n_neg + 1) / (n_pos + 1)))``: half-way (in log terms) to balanced

@@ -61,6 +61,26 @@ def test_corrupt_state_is_a_feature_error():
             decode(bad)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_damaged_state_never_crashes(data):
+    """Truncated, extended or bit-flipped encodings decode to a state or fail cleanly."""
+    engine = FeatureEngine(default_feature_set())
+    for i in range(40):
+        engine.process(_ev(i, i * 61_000, merchant=f"m{i % 2}"))
+    raws = [encode(v) for k, v in sorted(engine.store.data.items()) if not k.startswith(b"\x00")]
+    raw = bytearray(data.draw(st.sampled_from(raws)))
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(9, len(raw) - 1))
+        raw[pos] = data.draw(st.integers(0, 255))
+    raw = bytes(raw[:data.draw(st.integers(10, len(raw)))])
+    try:
+        state = decode(raw)
+    except FeatureError:
+        return
+    encode(state)   # a state that decoded is whole enough to encode again
+
+
 def test_hash_is_stable_and_nonzero():
     # Pinned: the hash is part of the stored format (and of distinct sampling).
     assert hash_value("u1") == hash_value("u1") != hash_value("u2")
