@@ -13,8 +13,7 @@ simulated stream; tables give the mean and the standard deviation over seeds.
 
 ``specs`` compares global models alone (no per-merchant models) so that the rows differ only in
 the global model; the other two run the default as configured. Ablations the registry does not
-carry are registered here for the run only: the default with a Platt calibrator, the default's
-learned correction without the prior, and the default with the merchant fraud rate delayed 7 days
+carry are registered here for the run only: the default's learned correction without the prior, and the default with the merchant fraud rate delayed 7 days
 (the feature set before 2026-11-28; ``blend`` on those features is the default as it was then).
 
 Merchants with distinct behaviour (``merchants``): the simulator's distinct merchants (fraud of
@@ -57,16 +56,8 @@ _RATE_7D = "merchant_txn_fraud_rate_30d_delay7d"
 
 
 # ---------------------------------------------------------------------- ablations
-class _PlattDefault(registry.PriorLogReg):
-    """The default with a learned Platt calibrator on its raw score (default-2 has none)."""
-
-    needs_calibration = True
-
-
 def _register_ablations() -> None:
     specs = (
-        ("ablation-platt", "the default with a Platt calibrator",
-         lambda n, v, s: _PlattDefault(n, v, lr=0.0003)),
         ("ablation-no-prior", "the default's learned correction alone (prior log-odds 0)",
          lambda n, v, s: registry.PriorLogReg(n, v, prior=RulePrior({}, bias=0.0), lr=0.0003)),
         ("ablation-rate-7d", "the default with its prior on the 7-day-delayed fraud rate",
@@ -90,7 +81,7 @@ def _features_7d() -> FeatureSet:
 #: Rows of ``specs``: label -> (--model, feature set: None = default, "7d" = the old rate).
 SPEC_ROWS: dict[str, tuple[str, str | None]] = {
     "**default** (default-2: prior + learned correction)": ("default", None),
-    "default + Platt calibrator": ("ablation-platt", None),
+    "default + Platt calibrator (`calibrated`)": ("calibrated", None),
     "learned correction alone (no prior)": ("ablation-no-prior", None),
     "heuristic (the prior alone, no learning)": ("heuristic", None),
     "logreg": ("logreg", None),

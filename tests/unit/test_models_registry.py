@@ -116,3 +116,34 @@ def test_merchant_model_pickles_compactly():
     m = _train(registry.build("logreg"), n=300)
     assert len(pickle.dumps(m)) < 4000
     random.seed(0)
+
+
+def test_calibrated_spec_maps_the_default_through_platt():
+    """``calibrated`` is the default's model with a Platt calibrator: on a stream whose fraud rate
+    (30 %) is far from what the prior and the slowly learned correction say, the mean calibrated
+    score tracks the base rate and the raw one does not."""
+    import random
+
+    from online_models.calibration import PassThrough, PlattCalibrator, calibrator_for
+    from online_models.registry import build
+
+    raw_model, cal_model = build("default"), build("calibrated")
+    assert isinstance(calibrator_for(raw_model), PassThrough)
+    calibrator = calibrator_for(cal_model)
+    assert isinstance(calibrator, PlattCalibrator)
+    rng = random.Random(5)
+    raws, cals, ys = [], [], []
+    for i in range(6000):
+        y = rng.random() < 0.3
+        x = {"user_txn_count_1h": float(rng.randint(3, 6) if y else rng.randint(0, 3)),
+             "amount": rng.lognormvariate(5 if y else 3, 0.5)}
+        v = cal_model.prepare_one(x)
+        raw = cal_model.score_one(v)
+        if i >= 3000:
+            raws.append(raw)
+            cals.append(calibrator.predict_one(raw))
+            ys.append(y)
+        cal_model.learn_one(v, y)
+        calibrator.learn_one(raw, y)
+    base = sum(ys) / len(ys)
+    assert abs(sum(cals) / len(cals) - base) < 0.03 < abs(sum(raws) / len(raws) - base)
