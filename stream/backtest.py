@@ -6,8 +6,9 @@ mapping and validation), puts events and labels on replay's timeline
 (:func:`stream.replay.build_timeline`: by time, events before labels at equal times, then file
 order) and feeds every item through the same code objects the worker runs:
 
-1. an event is decoded from the bytes replay would send (:func:`stream.events.decode_event`,
-   ``.to_dict()``), exactly as the worker's first stage decodes it from Kafka;
+1. an event is decoded from the bytes replay would send
+   (:func:`stream.events.decode_event_dict`), exactly as the worker's first stage decodes it from
+   Kafka;
 2. the topology comes from :meth:`stream.runtime.topology.Topology.build`; each stage computes its
    features with one :class:`features.engine.FeatureEngine` per (stage, partition) over an
    in-memory store (:class:`features.store.DictStore`), the partition being librdkafka's default
@@ -63,7 +64,7 @@ from features.default import default_feature_set
 from features.definitions import FeatureSet
 from features.engine import FeatureEngine
 from features.store import DictStore
-from stream.events import DEFAULT_MAX_BYTES, decode_event, decode_label
+from stream.events import DEFAULT_MAX_BYTES, decode_event_dict, decode_label_dict
 from stream.exceptions import ConfigError
 from stream.replay import (IDENTITY, LoadedLog, RecordMapping, Rejects, build_timeline,
                            load_log, partition_for)
@@ -389,7 +390,7 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
                 scoring.freeze(freeze_at)
                 freeze_at = None
             if kinds[i] == 0:
-                event = decode_event(payloads[i], max_bytes).to_dict()
+                event = decode_event_dict(payloads[i], max_bytes)
                 score = score_event(event)
                 event_ids.append(event["event_id"])
                 user_ids.append(event["user_id"])
@@ -397,7 +398,7 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
                 times.append(event["event_time"])
                 scores.append(score)
             else:
-                label = decode_label(payloads[i], max_bytes).to_dict()
+                label = decode_label_dict(payloads[i], max_bytes)
                 learn_label(label)
                 verdict[label["event_id"]] = label["is_fraud"]  # the latest verdict wins
             if on_progress is not None and not (i + 1) % progress_every:

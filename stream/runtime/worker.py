@@ -63,7 +63,7 @@ from online_models.labels import DEFAULT_TTL_MS as SNAPSHOT_TTL_MS
 from online_models.scorer import GlobalModel
 from stream import wire
 from stream.deadletter import dead_letter_headers
-from stream.events import Score, decode_event, decode_label
+from stream.events import Score, decode_event_dict, decode_label_dict
 from stream.consumer import consumer_error
 from stream.exceptions import ConfigError, DecodeError, KafkaError
 from stream.lifecycle import GracefulStop, Stoppable
@@ -386,11 +386,10 @@ class Worker(Stoppable):
     def _handle_stage(self, msg: Message, stage: Stage, task: Task) -> None:
         if stage.index == 0:
             try:
-                event = decode_event(msg.value(), self.settings.max_message_bytes)
+                event_dict = decode_event_dict(msg.value(), self.settings.max_message_bytes)
             except DecodeError as exc:
                 self._dead_letter(msg, exc)
                 return
-            event_dict = event.to_dict()
             if self._pii is not None:
                 self._pii.apply(event_dict)
             self._advance(task, event_dict, {}, msg.timestamp()[1])
@@ -465,11 +464,10 @@ class Worker(Stoppable):
 
     def _route_label(self, msg: Message) -> None:
         try:
-            label = decode_label(msg.value(), self.settings.max_message_bytes)
+            label_dict = decode_label_dict(msg.value(), self.settings.max_message_bytes)
         except DecodeError as exc:
             self._dead_letter(msg, exc)
             return
-        label_dict = label.to_dict()
         if self._pii is not None:
             self._pii.apply(label_dict)
         payload = wire.dumps({_LABEL: label_dict})

@@ -879,3 +879,16 @@ def test_error_messages_quoted_in_the_docs_are_real() -> None:
     ]
     for message in quoted:
         assert message in text, message
+
+
+@FAST
+@given(valid_events(), valid_labels())
+def test_dict_decoders_equal_the_full_decoders(case: tuple[dict[str, Any], int],
+                                              lab_doc: dict[str, Any]) -> None:
+    # The worker and the backtest take the fast path; it must say what the full decoder says,
+    # for canonical records (fast) and for any other valid one (full).
+    from stream.events import decode_event_dict, decode_label_dict
+    for raw in (wire.dumps(case[0]), decode_event(wire.dumps(case[0])).encode()):
+        assert decode_event_dict(raw) == decode_event(raw).to_dict()
+    for raw in (wire.dumps(lab_doc), decode_label(wire.dumps(lab_doc)).encode()):
+        assert decode_label_dict(raw) == decode_label(raw).to_dict()
