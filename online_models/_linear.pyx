@@ -139,3 +139,29 @@ def learn(dict state, dict x, double sg, double decay, double clip) -> None:
         _set(s, 2, m2)
         if m2 > 0.0:
             _set(s, 4, 1.0 / sqrt(m2 / n))
+
+
+def top_positive(dict d, Py_ssize_t k) -> list:
+    """The ``k`` entries of ``d`` with the largest positive values, largest first, as
+    ``(key, value)``; equal values ordered by key, larger first: exactly
+    ``[(f, c) for c, f in sorted(((c, f) for f, c in d.items() if c > 0.0), reverse=True)[:k]]``."""
+    cdef list best = []          # (value, key), descending, at most k
+    cdef Py_ssize_t pos = 0, i
+    cdef PyObject* key
+    cdef PyObject* val
+    cdef object item
+    if k <= 0:
+        return []
+    while PyDict_Next(d, &pos, &key, &val):
+        if not <double><object>val > 0.0:
+            continue
+        item = (<object>val, <object>key)
+        if len(best) == k and not item > best[k - 1]:
+            continue
+        i = len(best)
+        while i > 0 and item > best[i - 1]:
+            i -= 1
+        best.insert(i, item)
+        if len(best) > k:
+            best.pop()
+    return [(f, c) for c, f in best]

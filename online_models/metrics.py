@@ -15,7 +15,9 @@ computed exactly over that window when read (O(n log n) on read, O(1) per label)
 :func:`pooled_quality` applies it to the union of several monitors' windows (a worker holds one
 monitor per partition and exports their union).
 
-Cumulative log loss uses ``river.metrics.LogLoss``; label delays use ``river.stats`` (mean, P²
+Cumulative log loss is a running mean of the per-label loss the drift detector also sees
+(probabilities clamped to [1e-15, 1 - 1e-15], as river's ``LogLoss``); label delays use
+``river.stats`` (mean, P²
 median and 95th percentile). Drift: ``river.drift.ADWIN`` watches each model's per-label log loss;
 when it fires, :meth:`QualityMonitor.update` returns a :class:`DriftRecord` for the I/O layer to
 publish, and counts it.
@@ -40,7 +42,7 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
-from river import drift, metrics, stats
+from river import drift, stats
 
 __all__ = ["roc_auc", "average_precision", "precision_recall_at_budget", "ranking_metrics",
            "QualityWindow", "DriftRecord", "DelayStats", "QualityMonitor", "pooled_quality"]
@@ -152,14 +154,15 @@ class QualityWindow:
         self.budget = budget
         self._scores: deque[float] = deque(maxlen=size)
         self._labels: deque[bool] = deque(maxlen=size)
-        self.logloss = metrics.LogLoss()
+        self.loss_sum = 0.0   # log loss summed over every update (not only the window)
         self.n = 0
         self.n_pos = 0
 
-    def update(self, score: float, y: bool) -> None:
+    def update(self, score: float, y: bool, loss: float | None = None) -> None:
+        """Add one labelled score (``loss``: its log loss, when the caller has it already)."""
         self._scores.append(score)
         self._labels.append(y)
-        self.logloss.update(y, score)
+        self.loss_sum += _log_loss(score, y) if loss is None else loss
         self.n += 1
         self.n_pos += bool(y)
 
@@ -169,7 +172,8 @@ class QualityWindow:
         return {"n": self.n, "n_pos": self.n_pos, "window": len(s),
                 "roc_auc": roc_auc(s, y), "average_precision": average_precision(s, y),
                 "budget": self.budget, "precision_at_budget": precision,
-                "recall_at_budget": recall, "log_loss": self.logloss.get()}
+                "recall_at_budget": recall,
+                "log_loss": self.loss_sum / self.n if self.n else 0.0}
 
 
 @dataclass(frozen=True)
@@ -241,9 +245,10 @@ class QualityMonitor:
             w = self.models[model] = QualityWindow(self.window, self.budget)
             self._adwin[model] = drift.ADWIN(delta=self.drift_delta)
             self._detections[model] = 0
-        w.update(score, y)
+        loss = _log_loss(score, y)
+        w.update(score, y, loss)
         adwin = self._adwin[model]
-        adwin.update(_log_loss(score, y))
+        adwin.update(loss)
         if adwin.drift_detected:
             self._detections[model] += 1
             rec = DriftRecord(model, w.n, event_time, label_time, float(adwin.estimation),

@@ -70,6 +70,7 @@ from river import compose, imblearn, linear_model, optim, preprocessing, tree
 
 from online_models.anomaly import CompactHalfSpaceTrees
 from online_models.exceptions import UnknownModelError
+from online_models._linear import top_positive
 from online_models.linear import ScaledLogisticRegression, sigmoid
 from online_models.prior import RulePrior
 
@@ -228,8 +229,7 @@ class PriorLogReg(FraudModel):
         terms = memo[1] if memo is not None and memo[0] is v else self.prior.terms(v)
         out = {name: c for name, _, c in terms}
         z = self.model.raw_and_contributions(v, self._offset(v), out, PRIOR_FEATURE)
-        top = sorted(((c, f) for f, c in out.items() if c > 0.0), reverse=True)
-        return sigmoid(z), [(f, c) for c, f in top[:k]]
+        return sigmoid(z), top_positive(out, k)
 
 
 class CalibratedPriorLogReg(PriorLogReg):

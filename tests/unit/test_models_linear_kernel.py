@@ -92,3 +92,14 @@ def test_compiled_loops_match_the_python_arithmetic(stream):
     clone = pickle.loads(pickle.dumps(model))
     probe = {f"f{i}": random.Random(i).random() for i in range(12)}
     assert clone.raw_one(probe) == model.raw_one(probe)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from([f"f{i}" for i in range(15)]),
+                       st.one_of(st.floats(-5, 5, allow_nan=False), st.sampled_from([0.0, 1.5])),
+                       max_size=15), st.integers(0, 6))
+def test_top_positive_is_the_sorted_prefix(d, k):
+    from online_models._linear import top_positive
+    want = [(f, c) for c, f in sorted(((c, f) for f, c in d.items() if c > 0.0),
+                                      reverse=True)[:k]]
+    assert top_positive(d, k) == want
