@@ -413,27 +413,31 @@ cdef void _drop_prefix(Ring* r, int32_t m) noexcept nogil:
     r.nb -= m
 
 
-cdef int _add(Ring* r, int32_t p) except -1:
-    """Add bucket at position ``p`` into the running total."""
-    cdef double* run = r.run
-    cdef double* b = &r.bs[p * r.width]
-    cdef int j, o, k
-    cdef uint32_t i
-    cdef HSet* s
-    run[COUNT] += b[COUNT]
-    run[LABELED] += b[LABELED]
-    run[FRAUD] += b[FRAUD]
-    for j in range(r.nv):
+cdef inline void _add_slots(double* row, const double* b, int nv) noexcept nogil:
+    """Add a bucket's slots into ``row`` (a NaN min in ``row`` marks extremes left stale)."""
+    cdef int j, o
+    row[COUNT] += b[COUNT]
+    row[LABELED] += b[LABELED]
+    row[FRAUD] += b[FRAUD]
+    for j in range(nv):
         o = HEAD + VW * j
         if b[o]:
-            run[o] += b[o]
-            run[o + 1] += b[o + 1]
-            run[o + 2] += b[o + 2]
-            if not isnan(run[o + 3]):
-                if b[o + 3] < run[o + 3]:
-                    run[o + 3] = b[o + 3]
-                if b[o + 4] > run[o + 4]:
-                    run[o + 4] = b[o + 4]
+            row[o] += b[o]
+            row[o + 1] += b[o + 1]
+            row[o + 2] += b[o + 2]
+            if not isnan(row[o + 3]):
+                if b[o + 3] < row[o + 3]:
+                    row[o + 3] = b[o + 3]
+                if b[o + 4] > row[o + 4]:
+                    row[o + 4] = b[o + 4]
+
+
+cdef int _add(Ring* r, int32_t p) except -1:
+    """Add bucket at position ``p`` into the running total."""
+    cdef int k
+    cdef uint32_t i
+    cdef HSet* s
+    _add_slots(r.run, &r.bs[p * r.width], r.nv)
     for k in range(r.nd):
         s = &r.bset[p * r.nd + k]
         for i in range(s.n):
@@ -624,20 +628,7 @@ cdef int _scan(_Spec sp, Ring* r, int64_t b, double* row, int64_t* dcounts) exce
     cdef int32_t first = _find(r, lo + 1), last = _find(r, hi + 1)
     _zero_slots(row, r.nv)
     for p in range(first, last):
-        bk = &r.bs[p * r.width]
-        row[COUNT] += bk[COUNT]
-        row[LABELED] += bk[LABELED]
-        row[FRAUD] += bk[FRAUD]
-        for j in range(r.nv):
-            o = HEAD + VW * j
-            if bk[o]:
-                row[o] += bk[o]
-                row[o + 1] += bk[o + 1]
-                row[o + 2] += bk[o + 2]
-                if bk[o + 3] < row[o + 3]:
-                    row[o + 3] = bk[o + 3]
-                if bk[o + 4] > row[o + 4]:
-                    row[o + 4] = bk[o + 4]
+        _add_slots(row, &r.bs[p * r.width], r.nv)
     for k in range(r.nd):
         memset(&tmp, 0, sizeof(HMap))
         try:
@@ -734,6 +725,19 @@ cdef int _read_write(_Spec sp, Ring* r, int64_t t, dict vals, dict out) except -
     return 0
 
 
+cdef inline void _fold_value(double* row, int o, double v) noexcept nogil:
+    """One value into a numeric field's slots (count, sum, sum of squares, min, max; a NaN min
+    marks extremes left stale, to be recomputed when read)."""
+    row[o] += 1
+    row[o + 1] += v
+    row[o + 2] += v * v
+    if not isnan(row[o + 3]):
+        if v < row[o + 3]:
+            row[o + 3] = v
+        if v > row[o + 4]:
+            row[o + 4] = v
+
+
 cdef int _fold(_Spec sp, Ring* r, int64_t t, int64_t max_t, double* xs, bint* has,
                uint64_t* hs) except -1:
     """Fold one event at ``t`` (numeric values ``xs`` where ``has``; distinct hashes ``hs``,
@@ -752,15 +756,7 @@ cdef int _fold(_Spec sp, Ring* r, int64_t t, int64_t max_t, double* xs, bint* ha
         run[COUNT] += 1
         for j in range(r.nv):
             if has[j]:
-                v = xs[j]
-                o = HEAD + VW * j
-                run[o] += 1
-                run[o + 1] += v
-                run[o + 2] += v * v
-                if v < run[o + 3]:
-                    run[o + 3] = v
-                if v > run[o + 4]:
-                    run[o + 4] = v
+                _fold_value(run, HEAD + VW * j, xs[j])
         for k in range(r.nd):
             h = hs[k]
             if h and _hm_get(&r.rmap[k], h) == 0 and _sampled(h, r.levels[k]):
@@ -779,25 +775,9 @@ cdef int _fold(_Spec sp, Ring* r, int64_t t, int64_t max_t, double* xs, bint* ha
         run[COUNT] += 1
     for j in range(r.nv):
         if has[j]:
-            v = xs[j]
-            sq = v * v
-            o = HEAD + VW * j
-            bk[o] += 1
-            bk[o + 1] += v
-            bk[o + 2] += sq
-            if v < bk[o + 3]:
-                bk[o + 3] = v
-            if v > bk[o + 4]:
-                bk[o + 4] = v
+            _fold_value(bk, HEAD + VW * j, xs[j])
             if inrun:
-                run[o] += 1
-                run[o + 1] += v
-                run[o + 2] += sq
-                if not isnan(run[o + 3]):
-                    if v < run[o + 3]:
-                        run[o + 3] = v
-                    if v > run[o + 4]:
-                        run[o + 4] = v
+                _fold_value(run, HEAD + VW * j, xs[j])
     for k in range(r.nd):
         h = hs[k]
         if not h:

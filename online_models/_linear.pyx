@@ -19,6 +19,15 @@ cdef inline double _item(PyObject* s, Py_ssize_t i) except? -1.0:
     return <double><object>PyList_GET_ITEM(<object>s, i)   # exact floats take the fast path
 
 
+cdef inline double _clip(double z, double clip) noexcept nogil:
+    """The standardised value clipped to ``[-clip, clip]``."""
+    if z > clip:
+        return clip
+    if z < -clip:
+        return -clip
+    return z
+
+
 cdef inline void _set(object s, Py_ssize_t i, double v):
     cdef object f = v
     cdef PyObject* old = PyList_GET_ITEM(s, i)
@@ -40,12 +49,7 @@ def raw(dict state, dict x, double dot, double clip) -> float:
         s = PyDict_GetItem(state, <object>k)
         if s == NULL:
             continue
-        z = (<double><object>v - _item(s, 1)) * _item(s, 4)
-        if z > clip:
-            z = clip
-        elif z < -clip:
-            z = -clip
-        dot += _item(s, 3) * z
+        dot += _item(s, 3) * _clip((<double><object>v - _item(s, 1)) * _item(s, 4), clip)
     return dot
 
 
@@ -65,12 +69,7 @@ def raw_and_contributions(dict state, dict x, double dot, double clip, dict out,
         if s == NULL:
             continue
         inv = _item(s, 4)
-        z = (<double><object>v - _item(s, 1)) * inv
-        if z > clip:
-            z = clip
-        elif z < -clip:
-            z = -clip
-        c = _item(s, 3) * z
+        c = _item(s, 3) * _clip((<double><object>v - _item(s, 1)) * inv, clip)
         dot += c
         if inv != 0.0 and not (<object>k is skip or (skip is not None and <object>k == skip)):
             prev = PyDict_GetItem(out, <object>k)
@@ -95,12 +94,8 @@ def contributions(dict state, dict x, double clip) -> dict:
         inv = _item(s, 4)
         if inv == 0.0:
             continue
-        z = (<double><object>v - _item(s, 1)) * inv
-        if z > clip:
-            z = clip
-        elif z < -clip:
-            z = -clip
-        PyDict_SetItem(out, <object>k, _item(s, 3) * z)
+        PyDict_SetItem(out, <object>k, _item(s, 3) * _clip((<double><object>v - _item(s, 1)) * inv,
+                                                          clip))
     return out
 
 
@@ -125,11 +120,7 @@ def learn(dict state, dict x, double sg, double decay, double clip) -> None:
         val = <double><object>v
         mean = _item(<PyObject*>s, 1)
         d = val - mean
-        z = d * _item(<PyObject*>s, 4)
-        if z > clip:
-            z = clip
-        elif z < -clip:
-            z = -clip
+        z = _clip(d * _item(<PyObject*>s, 4), clip)
         _set(s, 3, _item(<PyObject*>s, 3) * decay - sg * z)
         n = _item(<PyObject*>s, 0) + 1.0
         mean += d / n

@@ -44,24 +44,13 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from online_models.exceptions import ModelConfigError
+from online_models.linear import logit as _logit
+from online_models.linear import sigmoid as _sigmoid
 
 __all__ = ["PlattCalibrator", "PassThrough", "calibrator_for", "Thresholds", "DecisionPolicy",
            "reason_codes", "DECISIONS"]
 
 DECISIONS = ("approve", "review", "block")
-_EPS = 1e-6
-
-
-def _logit(p: float) -> float:
-    p = min(1.0 - _EPS, max(_EPS, p))
-    return math.log(p / (1.0 - p))
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
 
 
 class PlattCalibrator:

@@ -40,7 +40,13 @@ from river import base
 
 from online_models import _linear
 
-__all__ = ["ScaledLogisticRegression", "sigmoid"]
+__all__ = ["ScaledLogisticRegression", "logit", "sigmoid"]
+
+
+def logit(p: float, eps: float = 1e-6) -> float:
+    """The log-odds of ``p``, with ``p`` clipped to ``[eps, 1 - eps]``."""
+    p = min(1.0 - eps, max(eps, p))
+    return math.log(p / (1.0 - p))
 
 
 def sigmoid(z: float) -> float:

@@ -70,6 +70,8 @@ from dataclasses import dataclass
 
 from online_models.exceptions import ModelConfigError
 from online_models.labels import KeyValue
+from online_models.linear import logit
+from online_models.linear import sigmoid as _sigmoid
 from online_models.registry import FraudModel, build
 
 __all__ = ["BlendRule", "MerchantModel", "MerchantModels", "logit", "EXCLUDE"]
@@ -77,22 +79,10 @@ __all__ = ["BlendRule", "MerchantModel", "MerchantModels", "logit", "EXCLUDE"]
 #: Name prefixes of the features a merchant's correction does not see (module docstring).
 EXCLUDE: tuple[str, ...] = ("merchant_txn_fraud_",)
 
-_EPS = 1e-6
 #: Tag of the stored state of a correction model (what the rule before 2026-11-28 stored has none).
 _FORMAT = 2
 
 
-def logit(p: float) -> float:
-    """The log-odds of ``p``, clipped to ``[1e-6, 1 - 1e-6]``."""
-    p = min(1.0 - _EPS, max(_EPS, p))
-    return math.log(p / (1.0 - p))
-
-
-def _sigmoid(z: float) -> float:
-    if z >= 0:
-        return 1.0 / (1.0 + math.exp(-z))
-    e = math.exp(z)
-    return e / (1.0 + e)
 
 
 @dataclass(frozen=True)
