@@ -37,7 +37,7 @@ from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_NoMemory
 from marshal import dumps as _mdumps, loads as _mloads
 
-from features.exceptions import FeatureError
+from features.exceptions import FeatureConfigError, FeatureError
 
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
@@ -1064,7 +1064,9 @@ cdef class GroupKernel:
         self.specs = []
         for length, delay, res, vfields, dfields, readers in rings:
             if len(vfields) > MAXF or len(dfields) > MAXF:
-                raise ValueError(f"at most {MAXF} fields per window")
+                raise FeatureConfigError(
+                    f"a window of one entity group aggregates at most {MAXF} numeric and {MAXF} "
+                    f"distinct-count fields, got {len(vfields)} and {len(dfields)}")
             sp = _Spec()
             sp.lifetime = length == 0
             sp.res = res or 1
@@ -1093,6 +1095,9 @@ cdef class GroupKernel:
             sp.rfields = fields
             self.specs.append(sp)
         self.nr = len(self.specs)
+        if self.nr > 255:  # the encoding counts rings in one byte
+            raise FeatureConfigError(f"an entity group has at most 255 distinct windows "
+                                     f"(length, delay, resolution), got {self.nr}")
         self.grace = grace_ms
         self.types = frozenset(types) if types else None
         self.last_fields = list(last_fields)

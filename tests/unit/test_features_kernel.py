@@ -105,3 +105,13 @@ def test_distinct_map_matches_brute_force_under_churn(steps):
         # (t - 10s, t] at 1 s resolution: buckets (t//1000 - 10, t//1000]
         want = len({u for x, u in seen if t // 1000 - 10 < x // 1000 <= t // 1000})
         assert got == want
+
+
+def test_layouts_the_encoding_cannot_hold_are_config_errors():
+    from features.exceptions import FeatureConfigError
+    many_fields = [Feature("sum", entity="user_id", field=f"x{i}", window="1h") for i in range(65)]
+    with pytest.raises(FeatureConfigError, match="at most 64 numeric"):
+        FeatureEngine(FeatureSet(many_fields))
+    many_windows = [Feature("count", entity="user_id", window=f"{m}m") for m in range(1, 257)]
+    with pytest.raises(FeatureConfigError, match="at most 255 distinct windows"):
+        FeatureEngine(FeatureSet(many_windows))
