@@ -1263,15 +1263,19 @@ cdef class Groups:
     cdef list label_idx           # per group: its index when it has label rings, else None
     cdef int64_t ttl
     cdef object get, put, touch
+    cdef bint live
 
     def __init__(self, kernels: list, prefixes: list, entities: list, label_idx: list,
-                 int64_t ttl_ms, get, put, touch=None):
+                 int64_t ttl_ms, get, put, touch=None, bint live=False):
         self.kernels, self.prefixes, self.entities = list(kernels), list(prefixes), list(entities)
         self.label_idx = list(label_idx)
         self.ttl = ttl_ms
         # ``touch(key)``: the store's "the object get() returned has changed" (cheaper than a
         # put of the same object); stores without one get a put.
         self.get, self.put, self.touch = get, put, touch
+        # ``live``: the store hands out its objects themselves (an in-memory dict), so a state
+        # changed in place needs neither a put nor a touch.
+        self.live = live
 
     def process(self, dict vals, int64_t t, dict out, list index) -> bool:
         """Fold the event into every group's entity state and write the features into ``out``;
@@ -1293,9 +1297,9 @@ cdef class Groups:
                 st = g.new_state()
             r = g._step(<State>st, vals, t, out)
             if r == 0:
-                if fresh or self.touch is None:
+                if fresh or (self.touch is None and not self.live):
                     self.put(key, st)
-                else:
+                elif not self.live:
                     self.touch(key)
                 if index is not None and self.label_idx[i] is not None:
                     index.append((self.label_idx[i], key))

@@ -168,7 +168,8 @@ class FeatureEngine:
                             [g.entity for g in self._groups],
                             [g.index if g.label_rings else None for g in self._groups],
                             self._ttl, self.store.get, self.store.put,
-                            getattr(self.store, "touch", None))
+                            getattr(self.store, "touch", None),
+                            getattr(self.store, "live", False) is True)
         self._fields = tuple(sorted(fields))
         self._numeric = tuple(sorted({name for g in groups.values() for ring in g.rings
                                       for name in ring[3]}))

@@ -61,6 +61,12 @@ class DictStore:
 
     def __init__(self) -> None:
         self.data: dict[bytes, Any] = {}
+        plain = type(self).get is DictStore.get and type(self).put is DictStore.put
+        #: ``get`` hands out the stored objects themselves, so an object changed in place needs
+        #: no ``put`` (the engine skips it). False for subclasses that copy or encode.
+        self.live = plain
+        if plain:  # the dict's own bound method: no Python frame per lookup
+            self.get = self.data.get  # type: ignore[method-assign]
 
     def get(self, key: bytes) -> Any | None:
         return self.data.get(key)

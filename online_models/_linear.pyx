@@ -7,12 +7,13 @@ Python they replace, in the same order, so scores are the same bits. Values must
 (``int``, ``float`` or ``bool``) or ``None`` (missing).
 """
 
-from libc.math cimport sqrt
+from libc.math cimport sqrt, log1p, isfinite
 from cpython.dict cimport PyDict_Next, PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_SET_ITEM
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 
-__all__ = ["raw", "raw_and_contributions", "contributions", "learn"]
+__all__ = ["raw", "raw_and_contributions", "contributions", "learn", "top_positive",
+           "prior_terms"]
 
 
 cdef inline double _item(PyObject* s, Py_ssize_t i) except? -1.0:
@@ -156,3 +157,35 @@ def top_positive(dict d, Py_ssize_t k) -> list:
         if len(best) > k:
             best.pop()
     return [(f, c) for c, f in best]
+
+
+def prior_terms(tuple terms, dict x) -> list:
+    """``online_models.prior.RulePrior.terms``: ``(feature, value, weight * transformed value)``
+    for each ``(feature, weight, log_scaled)`` of ``terms`` present in ``x`` (``None`` and
+    booleans skipped; ``log1p(max(v, 0))`` when log-scaled, else ``v`` if finite)."""
+    cdef list out = []
+    cdef PyObject* ptr
+    cdef object value
+    cdef double v, w
+    cdef bint log_scaled
+    for name, weight, scaled in terms:
+        ptr = PyDict_GetItem(x, name)
+        if ptr == NULL:
+            continue
+        value = <object>ptr
+        if value is None or type(value) is bool:
+            continue
+        if type(value) is float or type(value) is int:
+            v = <double>value
+        else:
+            v = float(value)
+        w = <double>weight
+        if scaled:
+            if not (0.0 > v):   # max(v, 0.0), NaN kept as Python's max keeps it
+                v = log1p(v)
+            else:
+                v = log1p(0.0)
+        elif not isfinite(v):
+            continue
+        out.append((name, value, w * v))
+    return out

@@ -26,8 +26,9 @@ without a weight carry none. The log-odds are clipped to ``[-50, 50]``.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Mapping
+
+from online_models._linear import prior_terms as _prior_terms
 
 __all__ = ["RulePrior", "WEIGHTS", "BIAS"]
 
@@ -64,19 +65,14 @@ class RulePrior:
                             for name, w in weights.items())
 
     def terms(self, x: Mapping[str, Any]) -> list[tuple[str, Any, float]]:
-        """``(feature, value, weight * transformed value)`` for every weighted feature of ``x``."""
-        out = []
-        for name, w, log_scaled in self._terms:
-            value = x.get(name)
-            if value is None or type(value) is bool:
-                continue
-            v = float(value)
-            if log_scaled:
-                v = math.log1p(max(v, 0.0))
-            elif not math.isfinite(v):
-                continue
-            out.append((name, value, w * v))
-        return out
+        """``(feature, value, weight * transformed value)`` for every weighted feature of ``x``.
+
+        Per weighted feature present: ``None`` and booleans are skipped; counts, distinct counts
+        and sums become ``log1p(max(value, 0))``, other values are used as they are if finite
+        (compiled: ``online_models._linear.prior_terms``)."""
+        if type(x) is dict:
+            return _prior_terms(self._terms, x)
+        return _prior_terms(self._terms, dict(x))
 
     def logit(self, x: Mapping[str, Any],
               terms: list[tuple[str, Any, float]] | None = None) -> float:

@@ -103,3 +103,31 @@ def test_top_positive_is_the_sorted_prefix(d, k):
     want = [(f, c) for c, f in sorted(((c, f) for f, c in d.items() if c > 0.0),
                                       reverse=True)[:k]]
     assert top_positive(d, k) == want
+
+
+def _python_prior_terms(terms, x):
+    out = []
+    for name, w, log_scaled in terms:
+        value = x.get(name)
+        if value is None or type(value) is bool:
+            continue
+        v = float(value)
+        if log_scaled:
+            v = math.log1p(max(v, 0.0))
+        elif not math.isfinite(v):
+            continue
+        out.append((name, value, w * v))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["a_count_1h", "b_sum_x", "c_zscore", "d_rate", "e"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6),
+                                 st.floats(allow_nan=True, allow_infinity=True)), max_size=5))
+def test_prior_terms_match_the_python_arithmetic(x):
+    from online_models.prior import RulePrior
+    prior = RulePrior({"a_count_1h": 0.9, "b_sum_x": 0.2, "c_zscore": 0.35, "d_rate": 4.0})
+    got, want = prior.terms(x), _python_prior_terms(prior._terms, x)
+    assert [(n, v) for n, v, _ in got] == [(n, v) for n, v, _ in want]
+    assert all(a == b or (math.isnan(a) and math.isnan(b))
+               for (_, _, a), (_, _, b) in zip(got, want))
