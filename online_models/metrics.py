@@ -16,9 +16,8 @@ computed exactly over that window when read (O(n log n) on read, O(1) per label)
 monitor per partition and exports their union).
 
 Cumulative log loss is a running mean of the per-label loss the drift detector also sees
-(probabilities clamped to [1e-15, 1 - 1e-15], as river's ``LogLoss``); label delays use
-``river.stats`` (mean, P²
-median and 95th percentile). Drift: ``river.drift.ADWIN`` watches each model's per-label log loss;
+(probabilities clamped to [1e-15, 1 - 1e-15], as river's ``LogLoss``); label delays keep a
+running mean and maximum and the latest 10,000 delays for the median and 95th percentile. Drift: ``river.drift.ADWIN`` watches each model's per-label log loss;
 when it fires, :meth:`QualityMonitor.update` returns a :class:`DriftRecord` for the I/O layer to
 publish, and counts it.
 
@@ -194,25 +193,28 @@ class DriftRecord:
 
 
 class DelayStats:
-    """Label delay (label time minus event time), in milliseconds."""
+    """Label delay (label time minus event time), in milliseconds: mean and maximum over every
+    label, median and 95th percentile over the latest ``window`` (computed when reported, so a
+    label costs an append)."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: int = 10_000) -> None:
         self.mean = stats.Mean()
-        self.p50 = stats.Quantile(0.5)
-        self.p95 = stats.Quantile(0.95)
         self.max = 0
+        self._recent: deque[int] = deque(maxlen=window)
 
     def update(self, delay_ms: int) -> None:
         self.mean.update(delay_ms)
-        self.p50.update(delay_ms)
-        self.p95.update(delay_ms)
-        self.max = max(self.max, delay_ms)
+        self._recent.append(delay_ms)
+        if delay_ms > self.max:
+            self.max = delay_ms
 
     def report(self) -> dict:
         n = self.mean.n
-        return {"n": int(n), "mean_ms": self.mean.get() if n else None,
-                "p50_ms": self.p50.get() if n else None, "p95_ms": self.p95.get() if n else None,
-                "max_ms": self.max if n else None}
+        if not n:
+            return {"n": 0, "mean_ms": None, "p50_ms": None, "p95_ms": None, "max_ms": None}
+        p50, p95 = np.percentile(np.fromiter(self._recent, dtype=np.float64), [50, 95])
+        return {"n": int(n), "mean_ms": self.mean.get(), "p50_ms": float(p50),
+                "p95_ms": float(p95), "max_ms": self.max}
 
 
 def _log_loss(p: float, y: bool) -> float:

@@ -225,14 +225,12 @@ class _Scoring:
 
     def learn(self, scorer: Any, label: dict) -> str:
         """Let a task's scorer learn a label; its status (``unknown``: no such event scored)."""
-        status, example = scorer.learn(label)
         if self.global_model is None:
-            return status
+            return scorer.learn(label)[0]
+        status, example = scorer.learn_joined(label)
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if example is not None and self.learn_global and self.frozen_at is None:
-            from online_models.labels import Example
-
-            self.global_model.learn(Example.from_dict(example))
+            self.global_model.learn(example)
         return status
 
     def stats(self) -> dict[str, Any]:

@@ -106,8 +106,15 @@ class ModelScorer:
         return Outcome(round(rec.score, 6), rec.decision, rec.model_version, rec.reasons)
 
     def learn(self, label: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        """Join and learn a label; the joined example as the training topic carries it."""
+        status, example = self.learn_joined(label)
+        return status, (example.to_dict() if example is not None else None)
+
+    def learn_joined(self, label: Mapping[str, Any]) -> tuple[str, Any]:
+        """:meth:`learn`, the joined example as an ``online_models.labels.Example`` (the
+        backtest hands it to the global model directly: its dict form round trips exactly)."""
         out = self._s.learn(label["event_id"], bool(label["is_fraud"]), label["label_time"])
-        return out.status, (out.example.to_dict() if out.example is not None else None)
+        return out.status, out.example
 
     def flush(self) -> None:
         self._s.flush()

@@ -189,3 +189,14 @@ def test_blend_rule_trusts_merchant_more_as_data_grows():
                                                       abs=1e-3)
     assert rule.blend(0.2, 0.6, 50) == 0.2
     assert rule.blend(0.2, 0.2, 900) == pytest.approx(0.2)  # no correction, no change
+
+
+def test_label_delay_percentiles_cover_the_latest_window_mean_and_max_everything():
+    from online_models.metrics import DelayStats
+    d = DelayStats(window=100)
+    assert d.report()["p50_ms"] is None
+    for ms in range(1, 1001):          # 1..1000; the window keeps 901..1000
+        d.update(ms)
+    r = d.report()
+    assert (r["n"], r["mean_ms"], r["max_ms"]) == (1000, 500.5, 1000)
+    assert r["p50_ms"] == 950.5 and r["p95_ms"] == 995.05
