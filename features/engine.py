@@ -72,7 +72,7 @@ class _Group:
 
 
 def _accessor(event: Any) -> Callable[[str], Any]:
-    if isinstance(event, Mapping):
+    if type(event) is dict or isinstance(event, Mapping):  # dict: skip the ABC check
         attrs = event.get("attributes") or {}
         get = event.get
         return lambda name: v if (v := get(name)) is not None else attrs.get(name)
