@@ -26,6 +26,15 @@ def _start(s: Settings, name: str, log) -> subprocess.Popen:
                             env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
+def _wait_until_logged(path, marker: bytes, after: int, timeout: float = 60) -> None:
+    """Wait until ``marker`` appears in the log past byte ``after`` (a worker that logged a
+    ready task has its signal handlers installed: they come before its loop)."""
+    deadline = time.monotonic() + timeout
+    while marker not in path.read_bytes()[after:]:
+        assert time.monotonic() < deadline, f"{marker!r} not logged within {timeout}s"
+        time.sleep(0.2)
+
+
 def _published(s: Settings, n: int, seed: int, prefix: str) -> list[dict]:
     """``n`` generated events, published to the (created) events topic."""
     ensure_topics(s)
@@ -74,6 +83,8 @@ def test_sigkill_loses_no_event(kafka_settings, tmp_path):
             read_topic(s, s.topic_scores, expected=600, timeout=90, idle=0)
             proc.kill()  # SIGKILL mid-stream: whatever was not committed is processed again
             proc.wait()
+            log.flush()
+            restarted_at = (tmp_path / "worker.log").stat().st_size
             proc = _start(s, "alok", log)
             scores = read_topic(s, s.topic_scores, expected=len(events), timeout=120, idle=1)
             ids = {decode_score(m.value()).event_id for m in scores}
@@ -84,6 +95,9 @@ def test_sigkill_loses_no_event(kafka_settings, tmp_path):
                 scores = read_topic(s, s.topic_scores, timeout=30, idle=1)
                 missing -= {decode_score(m.value()).event_id for m in scores}
             assert not missing, f"{len(missing)} events never scored"
+            # The first worker may have scored everything before the kill: then the second one
+            # has nothing to do, and a SIGTERM during its start-up would find no handler yet.
+            _wait_until_logged(tmp_path / "worker.log", b"ready:", restarted_at)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
         finally:
