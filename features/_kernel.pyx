@@ -1292,7 +1292,8 @@ cdef class Groups:
                 continue
             g = <GroupKernel>self.kernels[i]
             st = self.get(key)
-            fresh = st is None or t - (<State>st).t > self.ttl
+            # A checked cast: a value of another kind under this key is a TypeError, not a crash.
+            fresh = st is None or t - (<State?>st).t > self.ttl
             if fresh:
                 st = g.new_state()
             r = g._step(<State>st, vals, t, out)
