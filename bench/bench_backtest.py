@@ -21,6 +21,7 @@ import json
 import platform
 import pstats
 import subprocess
+import statistics
 import sys
 import tempfile
 import time
@@ -107,6 +108,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--models", default="default", help="comma-separated --model names")
     ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs per model, alternating models; figures are medians (this VM's "
+                         "run-to-run noise reaches 30 %%)")
     ap.add_argument("--profile", action="store_true", help="also profile one run per model")
     ap.add_argument("--json", action="store_true", help="print the result as JSON only")
     args = ap.parse_args()
@@ -123,18 +127,33 @@ def main() -> None:
         write_jsonl(sim.iter_events(), ev)
         n_labels = write_jsonl(sim.iter_labels(), lab)
         results["labels"] = n_labels
-        for model in args.models.split(","):
+        samples: dict[str, list[dict]] = {m: [] for m in args.models.split(",")}
+        for _ in range(max(1, args.repeat)):
+            for model in samples:
+                opts = BacktestOptions(log=ev, labels=lab, model=model,
+                                       partitions=args.partitions)
+                cpu0 = time.process_time()
+                r = run_backtest(opts, settings)
+                cpu = time.process_time() - cpu0
+                samples[model].append({
+                    "scoring_wall_s": r.run_seconds, "scoring_cpu_s": r.run_cpu_seconds,
+                    "load_wall_s": r.load_seconds, "events_per_s_wall": len(r) / r.run_seconds,
+                    "events_per_s_cpu": len(r) / r.run_cpu_seconds,
+                    "end_to_end_events_per_s_cpu": len(r) / cpu,
+                    "us_per_event_cpu": 1e6 * r.run_cpu_seconds / len(r)})
+        for model, runs in samples.items():
             opts = BacktestOptions(log=ev, labels=lab, model=model, partitions=args.partitions)
-            cpu0 = time.process_time()
-            r = run_backtest(opts, settings)
-            cpu = time.process_time() - cpu0
-            run = {"scoring_wall_s": round(r.run_seconds, 2),
-                   "scoring_cpu_s": round(r.run_cpu_seconds, 2),
-                   "load_wall_s": round(r.load_seconds, 2),
-                   "events_per_s_wall": round(len(r) / r.run_seconds),
-                   "events_per_s_cpu": round(len(r) / r.run_cpu_seconds),
-                   "end_to_end_events_per_s_cpu": round(len(r) / cpu),
-                   "us_per_event_cpu": round(1e6 * r.run_cpu_seconds / len(r), 1)}
+            med = {key: statistics.median(x[key] for x in runs) for key in runs[0]}
+            run = {"scoring_wall_s": round(med["scoring_wall_s"], 2),
+                   "scoring_cpu_s": round(med["scoring_cpu_s"], 2),
+                   "load_wall_s": round(med["load_wall_s"], 2),
+                   "events_per_s_wall": round(med["events_per_s_wall"]),
+                   "events_per_s_cpu": round(med["events_per_s_cpu"]),
+                   "end_to_end_events_per_s_cpu": round(med["end_to_end_events_per_s_cpu"]),
+                   "us_per_event_cpu": round(med["us_per_event_cpu"], 1)}
+            if len(runs) > 1:
+                run["runs"] = len(runs)
+                run["events_per_s_cpu_each"] = [round(x["events_per_s_cpu"]) for x in runs]
             if args.profile:
                 prof = cProfile.Profile()
                 prof.enable()
