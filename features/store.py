@@ -1,8 +1,9 @@
 """The state-store protocol the feature engine talks to, and the codec for what it stores.
 
-The engine keeps one state object per entity (plain lists, dicts and sets, see
-:mod:`features.rings`) under a ``bytes`` key. It asks the store for the object, updates it in
-place and hands it back with :meth:`StateStore.put`; the store decides when to serialise it with
+The engine keeps one state object per entity (a :class:`features._kernel.State`: compiled,
+in C memory) under a ``bytes`` key. It asks the store for the object, updates it in place and
+hands it back with :meth:`StateStore.put` (or, when the store has one, ``touch``); the store
+decides when to serialise it with
 :func:`encode` (``stream.state`` does so in batches behind a write-back cache, in front of RocksDB
 or memory). Everything stored starts with its event time so a store can expire idle entries
 without decoding them (:func:`entry_time`).
