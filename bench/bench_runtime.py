@@ -22,6 +22,7 @@ import argparse
 import os
 import platform
 import resource
+import shutil
 import signal
 import statistics
 import subprocess
@@ -203,6 +204,8 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None,
                     help="run each worker under py-spy (pip install py-spy) and write collapsed "
                          "stacks into this directory")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the broker data, worker state and logs (a temp dir) after a run")
     args = ap.parse_args()
     global PROFILE_DIR
     if args.profile is not None:
@@ -212,6 +215,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fraudstream-bench-runtime-"))
     broker = LocalKafka(work / "kafka", ROOT / ".cache" / "kafka", port=_free_port())
     status = broker.up()
+    finished = False
     try:
         base = Settings.load(env={}, overrides={
             "bootstrap_servers": status.bootstrap, "partitions": args.partitions,
@@ -234,8 +238,15 @@ def main() -> None:
                                                              for r in runs),
                 "rounds": runs, "latency": lat}
         load = os.getloadavg()
+        finished = True
     finally:
         broker.down()
+        # The broker's data, the workers' state and logs: about 100 MB a run. Kept when asked
+        # or when the run failed (the worker logs say why).
+        if finished and not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"broker data, worker state and logs kept in {work}", file=sys.stderr)
     print(f"date {time.strftime('%Y-%m-%d')}; python {platform.python_version()}; "
           f"Apache Kafka {status.version}; {os.cpu_count()} cores; load {load[0]:.1f}; "
           f"max RSS of this script {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")

@@ -95,9 +95,16 @@ def test_sigkill_loses_no_event(kafka_settings, tmp_path):
                 scores = read_topic(s, s.topic_scores, timeout=30, idle=1)
                 missing -= {decode_score(m.value()).event_id for m in scores}
             assert not missing, f"{len(missing)} events never scored"
-            # The first worker may have scored everything before the kill: then the second one
-            # has nothing to do, and a SIGTERM during its start-up would find no handler yet.
+            # The first worker may have scored everything before the kill (and committed
+            # nothing yet): the second one then reprocesses from the last commit. Signal it only
+            # once it is running (a SIGTERM during start-up finds no handler yet) and its loop
+            # has committed the whole input.
             _wait_until_logged(tmp_path / "worker.log", b"ready:", restarted_at)
+            deadline = time.monotonic() + 60
+            committed, ends = group_offsets(s, s.topic_events)
+            while committed != ends and time.monotonic() < deadline:
+                time.sleep(0.2)
+                committed, ends = group_offsets(s, s.topic_events)
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(30) == 0
         finally:
