@@ -841,10 +841,6 @@ cdef class State:
             raise IndexError(i)
         return self.t
 
-    def buckets(self) -> list:
-        """Buckets held per ring (for size accounting and tests)."""
-        return [self.rings[i].nb for i in range(self.nr)]
-
     def encode(self) -> bytes:
         """Serialise: format byte, event time (big-endian, like every stored value), layout and
         contents (native byte order)."""
@@ -1123,16 +1119,13 @@ cdef class GroupKernel:
             _ring_init(&st.rings[i], sp.nv, sp.nd, sp.lifetime)
         return st
 
-    def step(self, State st, dict vals, int64_t t, dict out) -> int:
+    cdef int _step(self, State st, dict vals, int64_t t, dict out) except -1:
         """Fold one event into ``st`` and write the group's features into ``out``.
 
         Returns 0 when the event was folded (the caller stores ``st``), 1 when its type is not
         one the group folds, 2 when it is late (beyond the grace period: scored with the current
         state, not folded).
         """
-        return self._step(st, vals, t, out)
-
-    cdef int _step(self, State st, dict vals, int64_t t, dict out) except -1:
         cdef int64_t prev_t = st.t, max_t, read_t
         cdef int i, j, k
         cdef bint late, folds
@@ -1180,12 +1173,6 @@ cdef class GroupKernel:
             _fold(sp, &st.rings[i], t, max_t, xs, has, hs)
             _read_write(sp, &st.rings[i], t, vals, out)
         return 0
-
-    def view(self, State st, int64_t t, dict vals, dict out) -> None:
-        """Write the features of the windows seen from ``t`` without folding."""
-        cdef int i
-        for i in range(self.nr):
-            _read_write(<_Spec>self.specs[i], &st.rings[i], t, vals, out)
 
     def fold_label(self, State st, int64_t event_t, int labeled, int fraud) -> None:
         """Add label counts (deltas) for an event at ``event_t`` to the label-aware rings."""

@@ -35,7 +35,6 @@ __all__ = ["FeatureEngine", "EngineStats", "INDEX_PREFIX"]
 
 #: Key prefix of the label index (event id -> event time and the entity keys it was folded into).
 INDEX_PREFIX = b"\x00ix/"
-_EMPTY: tuple = ()
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
 Reader = Callable[[list, list, dict], Any]
@@ -189,8 +188,7 @@ class FeatureEngine:
         if type(event) is dict:
             vals = _extract(event, self._fields, self._numeric, self._keyed)
         else:
-            vals = self._extract(event)
-            _extract(vals, self._fields, self._numeric, self._keyed)  # the same checks
+            vals = _extract(self._extract(event), self._fields, self._numeric, self._keyed)
         t = vals["event_time"]
         self.stats.events += 1
         if t > self.watermark:

@@ -81,22 +81,7 @@ def raw_and_contributions(dict state, dict x, double dot, double clip, dict out,
 def contributions(dict state, dict x, double clip) -> dict:
     """``weight * clip(standardised value)`` per feature of ``x`` with a defined std."""
     cdef dict out = {}
-    cdef Py_ssize_t pos = 0
-    cdef PyObject* k
-    cdef PyObject* v
-    cdef PyObject* s
-    cdef double z, inv
-    while PyDict_Next(x, &pos, &k, &v):
-        if <object>v is None:
-            continue
-        s = PyDict_GetItem(state, <object>k)
-        if s == NULL:
-            continue
-        inv = _item(s, 4)
-        if inv == 0.0:
-            continue
-        PyDict_SetItem(out, <object>k, _item(s, 3) * _clip((<double><object>v - _item(s, 1)) * inv,
-                                                          clip))
+    raw_and_contributions(state, x, 0.0, clip, out, None)
     return out
 
 

@@ -116,29 +116,9 @@ class ScaledLogisticRegression(base.Classifier):
                       ) -> tuple[float, list[tuple[str, float]]]:
         """``P(y = True | x)`` and the ``k`` largest positive contributions, in one pass
         (``offset`` as in :meth:`raw_one`; it is not a contribution)."""
-        state = self._state
-        clip = self.clip
-        dot = self.bias + offset
-        pos: list[tuple[float, str]] = []
-        for name, v in x.items():
-            s = state.get(name)
-            if s is None or v is None:
-                continue
-            z = (v - s[1]) * s[4]
-            if z > clip:
-                z = clip
-            elif z < -clip:
-                z = -clip
-            c = s[3] * z
-            dot += c
-            if c > 0.0:
-                pos.append((c, name))
-        if len(pos) > k:
-            pos.sort(reverse=True)
-            del pos[k:]
-        else:
-            pos.sort(reverse=True)
-        return sigmoid(dot), [(name, c) for c, name in pos]
+        out: dict[str, float] = {}
+        z = self.raw_and_contributions(x, offset, out)
+        return sigmoid(z), _linear.top_positive(out, k)
 
     # ------------------------------------------------------------------ learning
     def pos_weight(self) -> float:

@@ -184,9 +184,6 @@ class PriorLogReg(FraudModel):
     """
 
     needs_calibration = False
-    # (vector, prior terms) of the last prepare_one, so scoring that vector does not recompute
-    # the terms; matched by identity, never pickled.
-    _memo: tuple[dict, list] | None = None
 
     def __init__(self, name: str, version: str, prior: RulePrior | None = None,
                  **params: float) -> None:
@@ -194,16 +191,9 @@ class PriorLogReg(FraudModel):
         self.prior = prior if prior is not None else RulePrior()
         self.model = ScaledLogisticRegression(**params)
 
-    def __getstate__(self) -> dict:
-        st = dict(self.__dict__)
-        st.pop("_memo", None)
-        return st
-
     def prepare_one(self, x: dict) -> dict:
         v = dict(x)
-        terms = self.prior.terms(x)
-        v[PRIOR_FEATURE] = self.prior.logit(x, terms)
-        self._memo = (v, terms)
+        v[PRIOR_FEATURE] = self.prior.logit(x)
         return v
 
     def _offset(self, v: dict) -> float:
@@ -216,19 +206,18 @@ class PriorLogReg(FraudModel):
     def learn_one(self, v: dict, y: bool) -> None:
         self.model.learn_one(v, bool(y), offset=self._offset(v))
 
-    def explain_one(self, v: dict) -> dict[str, float]:
+    def _log_odds_and_explanation(self, v: dict) -> tuple[float, dict[str, float]]:
+        """The log-odds and, per feature, the prior's term plus the correction's contribution,
+        in one pass over the vector."""
         out = {name: c for name, _, c in self.prior.terms(v)}
-        for name, c in self.model.contributions(v).items():
-            if name != PRIOR_FEATURE:
-                out[name] = out.get(name, 0.0) + c
-        return out
+        z = self.model.raw_and_contributions(v, self._offset(v), out, PRIOR_FEATURE)
+        return z, out
+
+    def explain_one(self, v: dict) -> dict[str, float]:
+        return self._log_odds_and_explanation(v)[1]
 
     def score_explain_one(self, v: dict, k: int) -> tuple[float, list[tuple[str, float]]]:
-        # score_one and explain_one in one pass over the vector (same numbers).
-        memo = self._memo
-        terms = memo[1] if memo is not None and memo[0] is v else self.prior.terms(v)
-        out = {name: c for name, _, c in terms}
-        z = self.model.raw_and_contributions(v, self._offset(v), out, PRIOR_FEATURE)
+        z, out = self._log_odds_and_explanation(v)
         return sigmoid(z), top_positive(out, k)
 
 

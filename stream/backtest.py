@@ -225,9 +225,9 @@ class _Scoring:
 
     def learn(self, scorer: Any, label: dict) -> str:
         """Let a task's scorer learn a label; its status (``unknown``: no such event scored)."""
-        if self.global_model is None:
-            return scorer.learn(label)[0]
         status, example = scorer.learn_joined(label)
+        if self.global_model is None:
+            return status
         self.statuses[status] = self.statuses.get(status, 0) + 1
         if example is not None and self.learn_global and self.frozen_at is None:
             self.global_model.learn(example)

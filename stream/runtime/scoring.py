@@ -51,6 +51,10 @@ class Scorer(Protocol):
         Status ``unknown`` means no event with that id was scored here (yet): the runtime parks
         the label and applies it when the event is scored."""
 
+    def learn_joined(self, label: Mapping[str, Any]) -> tuple[str, Any]:
+        """:meth:`learn` with the joined example as an object (``online_models.labels.Example``)
+        rather than its dict form, for callers in the same process (the backtest)."""
+
     def flush(self) -> None:
         """Write dirty per-merchant state into the store (called before changelogs)."""
 
@@ -157,6 +161,9 @@ class HeuristicScorer:
         return Outcome(round(score, 6), None, self.version, reasons)
 
     def learn(self, label: Mapping[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        return "ignored", None
+
+    def learn_joined(self, label: Mapping[str, Any]) -> tuple[str, Any]:
         return "ignored", None
 
     def flush(self) -> None:
