@@ -65,9 +65,12 @@ def _env(s: Settings, guarantee: str) -> dict[str, str]:
     env["FRAUDSTREAM_PROCESSING_GUARANTEE"] = guarantee
     env["FRAUDSTREAM_METRICS_PORT"] = "0"
     env["FRAUDSTREAM_LOG_LEVEL"] = "WARNING"
+    env.update(WORKER_ENV)
     return env
 
 
+#: Set by --worker-env: extra FRAUDSTREAM_* variables for the worker (settings to compare).
+WORKER_ENV: dict[str, str] = {}
 #: Set by --profile: a directory where each worker runs under py-spy and leaves a profile.
 PROFILE_DIR: Path | None = None
 
@@ -94,6 +97,22 @@ def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread kind of ``pid`` (thread names without their digits: the Python
+    main thread, librdkafka's ``rdk:broker``/``rdk:main``, RocksDB's background threads)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            head, rest = (task / "stat").read_text().rsplit(")", 1)
+        except OSError:  # the thread ended
+            continue
+        name = "".join(c for c in head.split("(", 1)[1] if not c.isdigit()) or "?"
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return out
 
 
 def _warm_up(s: Settings, consumer: ScoreConsumer, events: list[dict],
@@ -127,6 +146,7 @@ def throughput(base: Settings, events: list[dict], guarantee: str, tag: str,
         _warm_up(s, consumer, events)
         spy = _profile(worker.pid, tag)
         t0, cpu0 = time.monotonic(), _cpu_seconds(worker.pid)
+        threads0 = _thread_cpu(worker.pid)
         with EventPublisher(s) as pub:
             for e in events:
                 pub.publish(e)
@@ -139,6 +159,9 @@ def throughput(base: Settings, events: list[dict], guarantee: str, tag: str,
             if consumer.poll(0.5) is not None:
                 seen += 1
         span, cpu = time.monotonic() - t0, _cpu_seconds(worker.pid) - cpu0
+        threads = {name: round(t - threads0.get(name, 0.0), 2)
+                   for name, t in _thread_cpu(worker.pid).items()
+                   if t - threads0.get(name, 0.0) > 0}
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -147,7 +170,8 @@ def throughput(base: Settings, events: list[dict], guarantee: str, tag: str,
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
     return {"events": seen, "seconds": span, "events_per_s": seen / span,
-            "events_per_cpu_s": seen / cpu if cpu else None}
+            "events_per_cpu_s": seen / cpu if cpu else None, "cpu_s": round(cpu, 2),
+            "cpu_s_by_thread": threads}
 
 
 def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: float,
@@ -204,10 +228,18 @@ def main() -> None:
     ap.add_argument("--profile", type=Path, default=None,
                     help="run each worker under py-spy (pip install py-spy) and write collapsed "
                          "stacks into this directory")
+    ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="an extra FRAUDSTREAM_* variable for the worker, e.g. "
+                         "FRAUDSTREAM_COMMIT_INTERVAL_MS=200 (repeatable)")
     ap.add_argument("--keep", action="store_true",
                     help="keep the broker data, worker state and logs (a temp dir) after a run")
     args = ap.parse_args()
     global PROFILE_DIR
+    for item in args.worker_env:
+        name, sep, value = item.partition("=")
+        if not sep or not name.startswith("FRAUDSTREAM_"):
+            ap.error(f"--worker-env: expected FRAUDSTREAM_NAME=VALUE, got {item!r}")
+        WORKER_ENV[name] = value
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         PROFILE_DIR = args.profile.resolve()
@@ -251,13 +283,21 @@ def main() -> None:
           f"Apache Kafka {status.version}; {os.cpu_count()} cores; load {load[0]:.1f}; "
           f"max RSS of this script {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
     print(f"{args.events:,} events, {args.partitions} partitions, default features and model; "
-          f"latency at {args.rate:.0f} events/s offered, {args.paced:,} events")
+          f"latency at {args.rate:.0f} events/s offered, {args.paced:,} events"
+          + "".join(f"; {k}={v}" for k, v in WORKER_ENV.items()))
     print("| guarantee | events/s (median) | events per CPU-second | p50 ms | p99 ms | p99.9 ms |")
     print("| --- | --- | --- | --- | --- | --- |")
     for g, r in results.items():
         lat = r["latency"]
         print(f"| {g} | {r['events_per_s_median']:,.0f} | {r['events_per_cpu_s_median']:,.0f} | "
               f"{lat['p50_ms']:.0f} | {lat['p99_ms']:.0f} | {lat['p999_ms']:.0f} |")
+    # The worker's CPU by thread kind (librdkafka and RocksDB threads are invisible to py-spy).
+    for g, r in results.items():
+        for i, run in enumerate(r["rounds"]):
+            split = ", ".join(f"{name} {t:.2f}" for name, t in
+                              sorted(run["cpu_s_by_thread"].items(), key=lambda kv: -kv[1]))
+            print(f"{g} round {i}: {run['events_per_cpu_s']:,.0f} events/CPU-s, "
+                  f"{run['cpu_s']:.2f} CPU-s ({split})")
 
 
 if __name__ == "__main__":

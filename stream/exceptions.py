@@ -12,6 +12,7 @@ __all__ = [
     "KafkaError",
     "LocalKafkaError",
     "TopicMismatchError",
+    "ChangelogFormatError",
     "DecodeError",
     "RawRecord",
 ]
@@ -31,6 +32,10 @@ class LocalKafkaError(KafkaError):
 
 class TopicMismatchError(KafkaError):
     """A topic exists with a partition count or cleanup policy other than the configured one."""
+
+
+class ChangelogFormatError(FraudstreamError):
+    """A changelog record in a layout this version cannot restore."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,12 @@ from pathlib import Path
 
 from stream import wire
 
-__all__ = ["read_checkpoint", "write_checkpoint", "consume_checkpoint"]
+__all__ = ["read_checkpoint", "write_checkpoint", "consume_checkpoint", "VERSION"]
+
+#: Checkpoints of other versions are not trusted (the store is rebuilt from the changelog).
+#: Version 2: the changelog layout with event records (``stream.runtime.changelog``); a store
+#: checkpointed by version 1 is replayed in full once, which migrates its old records.
+VERSION = 2
 
 
 def write_checkpoint(path: Path, topic: str, partition: int, offset: int) -> None:
@@ -22,7 +27,7 @@ def write_checkpoint(path: Path, topic: str, partition: int, offset: int) -> Non
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
         fh.write(wire.dumps({"topic": topic, "partition": partition, "offset": offset,
-                             "version": 1}))
+                             "version": VERSION}))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -35,7 +40,8 @@ def read_checkpoint(path: Path, topic: str, partition: int) -> int | None:
         data = wire.loads(path.read_bytes())
     except (FileNotFoundError, ValueError):
         return None
-    if data.get("topic") != topic or data.get("partition") != partition:
+    if (data.get("topic") != topic or data.get("partition") != partition
+            or data.get("version") != VERSION):
         return None
     offset = data.get("offset")
     return offset if type(offset) is int and offset >= 0 else None

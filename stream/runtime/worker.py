@@ -65,11 +65,12 @@ from stream import wire
 from stream.deadletter import dead_letter_headers
 from stream.events import Score, decode_event_dict, decode_label_dict
 from stream.consumer import consumer_error
-from stream.exceptions import ConfigError, DecodeError, KafkaError
+from stream.exceptions import ChangelogFormatError, ConfigError, DecodeError, KafkaError
 from stream.lifecycle import GracefulStop, Stoppable
 from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord
 from stream.observability import HealthServer, QualityGauges, RestoreProgress, WorkerMetrics
 from stream.pii import IdentifierHasher
+from stream.runtime import changelog
 from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
 from stream.runtime.emitter import Emitter
 from stream.runtime.scoring import ModelScorer, Scorer, make_scorer
@@ -134,12 +135,14 @@ class Task:
     """One stage on one partition: its store, its feature engine, and (last stage) its scorer."""
 
     def __init__(self, stage: Stage, partition: int, store: CachedStore,
-                 scorer: Scorer | None = None) -> None:
+                 scorer: Scorer | None = None, migrate: set[bytes] | None = None) -> None:
         self.stage = stage
         self.partition = partition
         self.store = store
         self.engine = FeatureEngine(stage.features, store) if stage.features else None
         self.scorer = scorer
+        # Event ids restored from old-layout changelog records, to rewrite (stream.runtime.changelog)
+        self.migrate: set[bytes] = migrate or set()
         # Metric children, resolved once (label lookup costs more than the increment).
         self.consumed_metric: Any = None
         self.processing_metric: Any = None
@@ -626,7 +629,7 @@ class Worker(Stoppable):
                 task.scorer.flush()  # per-merchant models into the store, then the changelog
             changes = task.store.flush()
             topic, partition = task.stage.changelog_topic, task.partition
-            for key, value in changes.items():
+            for key, value in changelog.records(changes, task.store.backend.get, task.migrate):
                 self._produce(topic, key, value, partition=partition)
 
     def commit(self, wait: bool = False) -> None:
@@ -863,8 +866,12 @@ class Worker(Stoppable):
                            options=replace(
                                _TASK_ROCKS,
                                row_cache_bytes=self.settings.state_row_cache_mb << 20))
-        restored = self._restore(restorer, store, stage, partition, start or 0)
+        legacy: set[bytes] = set()
+        restored = self._restore(restorer, store, stage, partition, start or 0, legacy)
         self.stats.restored_records += restored
+        if legacy:
+            log.info("task %s-%d: %d events in the old changelog layout, rewritten in the next "
+                     "commits", stage.name, partition, len(legacy))
         log.info("task %s-%d ready: %d changelog records restored from offset %d", stage.name,
                  partition, restored, start or 0,
                  extra={"stage": stage.name, "partition": partition, "restored": restored})
@@ -876,15 +883,16 @@ class Worker(Stoppable):
                                  budget=s.review_budget, merchant_models=s.merchant_models)
             if self._challenger is not None and isinstance(scorer, ModelScorer):
                 scorer.load_challenger(self._challenger)
-        task = Task(stage, partition, store, scorer)
+        task = Task(stage, partition, store, scorer, legacy)
         task.consumed_metric = self._child("fraudstream_events_consumed_total", stage.name,
                                            partition)
         task.processing_metric = self._child("fraudstream_processing_seconds", stage.name)
         return task
 
     def _restore(self, restorer: Consumer, store: CachedStore, stage: Stage, partition: int,
-                 start: int) -> int:
-        """Replay the changelog from ``start`` into ``store``; how many records were read."""
+                 start: int, legacy: set[bytes]) -> int:
+        """Replay the changelog from ``start`` into ``store``; how many records were read.
+        Event ids of old-layout records go into ``legacy`` (``stream.runtime.changelog``)."""
         topic = stage.changelog_topic
         tp = TopicPartition(topic, partition)
         try:
@@ -905,6 +913,7 @@ class Worker(Stoppable):
                 msgs = restorer.consume(5000, 0.02)
                 read = 0
                 position = -1
+                batch: list[tuple[bytes, bytes | None]] = []
                 for msg in msgs:
                     err = msg.error()
                     if err is not None:
@@ -912,15 +921,14 @@ class Worker(Stoppable):
                             done = True
                             continue
                         raise KafkaError(f"restoring {topic}[{partition}]: {err.str()}")
-                    key, value = msg.key(), msg.value()
+                    batch.append((msg.key(), msg.value()))
                     read += 1
                     position = msg.offset() + 1
-                    if value is None:
-                        puts.pop(key, None)
-                        deletes.add(key)
-                    else:
-                        deletes.discard(key)
-                        puts[key] = value
+                try:
+                    changelog.apply(batch, puts, deletes, legacy)
+                except ChangelogFormatError as exc:
+                    raise ChangelogFormatError(f"restoring {topic}[{partition}] before offset "
+                                               f"{position}: {exc}") from None
                 if not done and restorer.position([tp])[0].offset >= high:
                     done = True
                 if len(puts) + len(deletes) >= 50_000 or done:
@@ -1032,7 +1040,11 @@ class Worker(Stoppable):
                 continue
             task.store.close()
             self._forget_task(task)
-            if checkpoint:
+            if checkpoint and task.migrate:
+                log.info("task %s-%d closed before its changelog was rewritten in the new layout: "
+                         "no checkpoint, the next owner replays the changelog", task.stage.name,
+                         task.partition)
+            elif checkpoint:
                 end = _watermarks(self._consumer, TopicPartition(task.stage.changelog_topic,
                                                                  task.partition))[1]
                 write_checkpoint(self._task_dir(task.stage, task.partition)

@@ -1,0 +1,136 @@
+"""The changelog record layout: how a task's state changes become records, and back.
+
+Every state key changed since the last commit becomes one record of the stage's compacted
+changelog topic, keyed by the state key, whose value is the encoded state (``None``: deleted)
+-- except for the two entries the last stage keeps per scored *event*, which always change
+together: the feature engine's label-index entry (``features.engine.INDEX_PREFIX`` + event id)
+and the scorer's snapshot for delayed labels (``snap:`` + event id). Those two travel as one
+*event record* keyed ``EVENT_PREFIX`` + event id, whose value holds both encoded entries::
+
+    value = LAYOUT byte, then per entry (label index, snapshot): int32 length (-1: absent) + bytes
+
+An event record holds the current value of both entries (one that did not change in the commit
+is read back from the store), so compaction can keep only the latest one; when both are gone
+the record is a tombstone. That is one record per scored event instead of two, on the
+throughput path.
+
+Changelogs written before this layout (per-entry records keyed ``\\x00ix/...`` and ``snap:...``)
+are migrated: :func:`apply` restores them as before and reports their event ids, and the task
+rewrites each as an event record plus tombstones of the two old keys in its next transactions
+(:func:`records`, ``migrate``). A task whose migration has not finished writes no checkpoint,
+so its next owner replays the whole changelog and finishes it.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Iterable, Iterator
+
+from features.engine import INDEX_PREFIX
+from online_models.labels import SnapshotStore
+from stream.exceptions import ChangelogFormatError
+
+__all__ = ["EVENT_PREFIX", "LAYOUT", "apply", "records", "pack", "unpack"]
+
+#: Key prefix of event records (label-index entry and snapshot of one event).
+EVENT_PREFIX = b"\x00ev/"
+#: First byte of an event record's value.
+LAYOUT = 1
+_SNAPSHOT_PREFIX: bytes = SnapshotStore.prefix
+_ENTRIES = (INDEX_PREFIX, _SNAPSHOT_PREFIX)
+_GROUPED = tuple(_ENTRIES)
+_LEN = struct.Struct(">i")
+_ABSENT = _LEN.pack(-1)
+_LAYOUT_BYTE = bytes([LAYOUT])
+_UNSET = object()
+
+
+def pack(index: bytes | None, snapshot: bytes | None) -> bytes:
+    """An event record's value (see the module docstring)."""
+    return b"".join((_LAYOUT_BYTE,
+                     _ABSENT if index is None else _LEN.pack(len(index)), index or b"",
+                     _ABSENT if snapshot is None else _LEN.pack(len(snapshot)), snapshot or b""))
+
+
+def unpack(value: bytes) -> tuple[bytes | None, bytes | None]:
+    """(label-index entry, snapshot) of an event record's value; ``None`` for an absent one."""
+    if not value or value[0] != LAYOUT:
+        raise ChangelogFormatError(f"event record of layout {value[:1]!r}, expected {LAYOUT}")
+    out: list[bytes | None] = []
+    pos = 1
+    for _ in _ENTRIES:
+        (n,) = _LEN.unpack_from(value, pos)
+        pos += 4
+        if n < 0:
+            out.append(None)
+        else:
+            out.append(bytes(value[pos:pos + n]))
+            pos += n
+    if pos != len(value):
+        raise ChangelogFormatError(f"event record of {len(value)} bytes, expected {pos}")
+    return out[0], out[1]
+
+
+def records(changes: dict[bytes, bytes | None], current: Callable[[bytes], bytes | None],
+            migrate: set[bytes] | None = None, limit: int = 10_000
+            ) -> Iterator[tuple[bytes, bytes | None]]:
+    """The changelog records (key, value) for a task's ``changes`` since the last commit.
+
+    ``current(key)``: the stored encoded value of an entry (the other half of an event whose
+    label-index entry or snapshot alone changed). ``migrate``: event ids restored from old
+    per-entry records; up to ``limit`` of them are rewritten now (and removed from the set).
+    """
+    events: dict[bytes, list] = {}
+    for key, value in changes.items():
+        if not key.startswith(_GROUPED):
+            yield key, value
+            continue
+        if key.startswith(INDEX_PREFIX):
+            slot, eid = 0, key[len(INDEX_PREFIX):]
+        else:
+            slot, eid = 1, key[len(_SNAPSHOT_PREFIX):]
+        entry = events.get(eid)
+        if entry is None:
+            events[eid] = entry = [_UNSET, _UNSET]
+        entry[slot] = value
+    if migrate:
+        for _ in range(min(limit, len(migrate))):
+            eid = migrate.pop()
+            events.setdefault(eid, [_UNSET, _UNSET])
+            for prefix in _ENTRIES:
+                yield prefix + eid, None
+    for eid, (index, snapshot) in events.items():
+        if index is _UNSET:
+            index = current(INDEX_PREFIX + eid)
+        if snapshot is _UNSET:
+            snapshot = current(_SNAPSHOT_PREFIX + eid)
+        yield EVENT_PREFIX + eid, (None if index is None and snapshot is None
+                                   else pack(index, snapshot))
+
+
+def apply(records_: Iterable[tuple[bytes, bytes | None]], puts: dict[bytes, bytes],
+          deletes: set[bytes], legacy: set[bytes]) -> None:
+    """Restore changelog records into pending ``puts`` and ``deletes`` of state keys; event ids
+    of old-layout per-entry records go into ``legacy`` (to migrate)."""
+    for key, value in records_:
+        if key.startswith(EVENT_PREFIX):
+            eid = key[len(EVENT_PREFIX):]
+            entries = (None, None) if value is None else unpack(value)
+            for prefix, raw in zip(_ENTRIES, entries):
+                _set(prefix + eid, raw, puts, deletes)
+            continue
+        if value is not None and key.startswith(_GROUPED):
+            # An old-layout entry (its tombstones, the migration's own included, need nothing).
+            prefix = INDEX_PREFIX if key.startswith(INDEX_PREFIX) else _SNAPSHOT_PREFIX
+            legacy.add(key[len(prefix):])
+        _set(key, value, puts, deletes)
+
+
+def _set(key: bytes, value: bytes | None, puts: dict[bytes, bytes],
+         deletes: set[bytes]) -> None:
+    if value is None:
+        puts.pop(key, None)
+        deletes.add(key)
+    else:
+        deletes.discard(key)
+        puts[key] = value
