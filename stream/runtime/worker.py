@@ -94,11 +94,16 @@ class _Stuck(Exception):
 
 
 # Keys of internal repartition records: an event with the features computed so far (and when the
-# event was appended to the events topic, for end-to-end latency), or a label.
-_EVENT, _FEATURES, _LABEL, _APPENDED = "e", "f", "l", "t"
+# event was appended to the events topic, for end-to-end latency), or a label. The features go
+# as a list of values in the topology's order of feature names (_VALUES: half the bytes of the
+# dict and cheaper to encode and decode); _FEATURES, a dict, is still read (records written
+# before) and written when a stage's feature dict is not in that order.
+_EVENT, _FEATURES, _VALUES, _LABEL, _APPENDED = "e", "f", "v", "l", "t"
 # State key prefix of labels waiting for their event (see Worker._apply_label).
 _PARKED = b"\x00pl/"
 _TASK_ROCKS = RocksOptions(disable_wal=True)
+# librdkafka's "unassigned partition": the configured partitioner picks one from the key.
+_ANY_PARTITION = -1
 # fraudstream_processing_seconds times one record in this many (timing is per record).
 _PROCESSING_SAMPLE = 8
 
@@ -148,6 +153,9 @@ class Task:
         self.processing_metric: Any = None
         self.consumed = 0           # records handled; added to consumed_metric at each commit
         self.consumed_reported = 0
+        # Whether the feature dicts this task forwards are in the topology's order of names
+        # (checked on the first one; the engine's dicts all have one shape): see _VALUES.
+        self.forwards_values: bool | None = None
         self.late_reported = 0  # engine.stats.late already added to the late-events counter
 
     def features(self, event: Any) -> dict[str, Any]:
@@ -206,6 +214,12 @@ class Worker(Stoppable):
         self._next_quality = time.monotonic() + settings.quality_metrics_interval_s
         self._next_expiry = time.monotonic() + settings.state_expiry_interval_s
         self._by_topic = self.topology.stage_for_topic()
+        # Per stage: the names of the features computed before it, in order (see _VALUES).
+        self._upstream_names: list[tuple[str, ...]] = []
+        names: tuple[str, ...] = ()
+        for st in self.topology.stages:
+            self._upstream_names.append(names)
+            names += tuple(st.feature_names)
         self._tasks: dict[tuple[int, int], Task] = {}
         self._to_restore: dict[tuple[int, int], TopicPartition] = {}
         self._offsets: dict[tuple[str, int], int] = {}
@@ -403,7 +417,17 @@ class Worker(Stoppable):
             self._child("fraudstream_labels_total", stage.name).inc()
             self._apply_label(task, record[_LABEL])
             return
-        self._advance(task, record[_EVENT], record[_FEATURES], record.get(_APPENDED, 0))
+        values = record.get(_VALUES)
+        if values is None:
+            upstream = record[_FEATURES]
+        else:
+            names = self._upstream_names[stage.index]
+            if len(values) != len(names):
+                raise ConfigError(f"{msg.topic()}[{msg.partition()}]@{msg.offset()}: "
+                                  f"{len(values)} feature values for {len(names)} features: "
+                                  "the workers of this group run different feature sets")
+            upstream = dict(zip(names, values))
+        self._advance(task, record[_EVENT], upstream, record.get(_APPENDED, 0))
 
     def _advance(self, task: Task, event: dict[str, Any], upstream: dict[str, Any],
                  appended_ms: int) -> None:
@@ -418,9 +442,13 @@ class Worker(Stoppable):
         if task.stage.index + 1 < len(stages):
             nxt = stages[task.stage.index + 1]
             key = event.get(nxt.key_field) or event["user_id"]
-            self._produce(nxt.input_topic, str(key).encode(),
-                          wire.dumps({_EVENT: event, _FEATURES: merged,
-                                      _APPENDED: appended_ms}))
+            if task.forwards_values is None:
+                task.forwards_values = tuple(merged) == self._upstream_names[nxt.index]
+            if task.forwards_values:
+                record = {_EVENT: event, _VALUES: list(merged.values()), _APPENDED: appended_ms}
+            else:
+                record = {_EVENT: event, _FEATURES: merged, _APPENDED: appended_ms}
+            self._produce(nxt.input_topic, str(key).encode(), wire.dumps(record))
             self.stats.forwarded += 1
             return
         if appended_ms > 0:
@@ -496,26 +524,19 @@ class Worker(Stoppable):
                       headers=dead_letter_headers(msg, error))
 
     def _produce(self, topic: str, key: bytes | None, value: bytes | None,
-                 partition: int | None = None, headers: list | None = None) -> None:
+                 partition: int = _ANY_PARTITION, headers: list | None = None) -> None:
         # Record timestamps stay the produce time; event time is in the payload (see publisher).
-        # Per record: no keyword dict unless a partition or headers are given.
+        # Per record: positional arguments (topic, value, key, partition, on_delivery), no
+        # keyword dict unless there are headers; -1 lets the partitioner choose.
         cb = self._delivery_cb
         if cb is not None:  # at-least-once: count the epoch's outputs (exactly-once: see below)
             self._undelivered[self._epoch] += 1
         while True:
             try:
-                if partition is None and not headers:
-                    if cb is None:
-                        self._producer.produce(topic, value, key)
-                    else:
-                        self._producer.produce(topic, value, key, on_delivery=cb)
+                if headers:
+                    self._producer.produce(topic, value, key, partition, cb, headers=headers)
                 else:
-                    kwargs: dict[str, Any] = {"headers": headers} if headers else {}
-                    if partition is not None:
-                        kwargs["partition"] = partition
-                    if cb is not None:
-                        kwargs["on_delivery"] = cb
-                    self._producer.produce(topic, value, key, **kwargs)
+                    self._producer.produce(topic, value, key, partition, cb)
                 return
             except BufferError:
                 self._producer.poll(0.05)  # wait for room; never drop an output
@@ -630,7 +651,7 @@ class Worker(Stoppable):
             changes = task.store.flush()
             topic, partition = task.stage.changelog_topic, task.partition
             for key, value in changelog.records(changes, task.store.backend.get, task.migrate):
-                self._produce(topic, key, value, partition=partition)
+                self._produce(topic, key, value, partition)
 
     def commit(self, wait: bool = False) -> None:
         """Steps 3-5 of the commit protocol (see the module docstring).
