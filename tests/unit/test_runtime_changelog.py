@@ -77,8 +77,14 @@ def test_old_layout_records_restore_and_are_rewritten_with_tombstones_for_the_ol
 def test_an_unknown_event_record_layout_is_a_clear_error():
     with pytest.raises(ChangelogFormatError, match="layout"):
         restore([(EVENT_PREFIX + b"e1", b"\x07junk")])
-    with pytest.raises(ChangelogFormatError, match="bytes"):
-        restore([(EVENT_PREFIX + b"e1", changelog.pack(b"a", None) + b"x")])
+    for bad in (b"\x01", b"\x01junk", b"\x01" + changelog.pack(b"a", None)[1:-2]):
+        with pytest.raises(ChangelogFormatError, match="malformed"):
+            restore([(EVENT_PREFIX + b"e1", bad)])
+
+
+def test_the_two_entry_prefixes_differ_in_their_first_byte():
+    # records() tells a label-index key from a snapshot key by its first byte alone.
+    assert INDEX_PREFIX[0] == 0 and SNAP[0] != 0
 
 
 def test_checkpoints_of_the_old_layout_are_not_trusted(tmp_path):
