@@ -82,20 +82,12 @@ def records(changes: dict[bytes, bytes | None], current: Callable[[bytes], bytes
         if not key.startswith(_GROUPED):
             yield key, value
             continue
-        if key[0] == 0:  # INDEX_PREFIX (the only one of the two that starts with a zero byte)
-            eid = key[n_index:]
-            entry = events.get(eid)
-            if entry is None:
-                events[eid] = [value, _UNSET]
-            else:
-                entry[0] = value
-        else:
-            eid = key[n_snapshot:]
-            entry = events.get(eid)
-            if entry is None:
-                events[eid] = [_UNSET, value]
-            else:
-                entry[1] = value
+        # INDEX_PREFIX is the one of the two that starts with a zero byte.
+        slot, eid = (0, key[n_index:]) if key[0] == 0 else (1, key[n_snapshot:])
+        entry = events.get(eid)
+        if entry is None:
+            events[eid] = entry = [_UNSET, _UNSET]
+        entry[slot] = value
     if migrate:
         for _ in range(min(limit, len(migrate))):
             eid = migrate.pop()

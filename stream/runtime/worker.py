@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import queue
 import shutil
 import socket
 import threading
@@ -91,6 +92,45 @@ _WATCHDOG_S = 45
 
 class _Stuck(Exception):
     """A librdkafka transactional call did not return in time."""
+
+
+class _CallThread:
+    """A daemon thread that runs blocking transactional calls for the loop, under a watchdog.
+
+    One long-lived thread rather than one per call: starting a thread makes the loop wait until
+    the new thread is scheduled (up to milliseconds on a loaded machine), twice per commit. A call
+    that does not return in time leaves this thread blocked in librdkafka; the worker abandons it
+    (a daemon thread does not hold up the exit) and the next call starts a fresh one.
+    """
+
+    def __init__(self) -> None:
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="txn-calls", daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            item = self._calls.get()
+            if item is None:
+                return
+            call, done, outcome = item
+            try:
+                call()
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
+                outcome.append(exc)
+            done.set()
+
+    def run(self, call: Callable[[], None], timeout: float) -> BaseException | None:
+        """Run ``call`` on the thread; what it raised, or None. ``_Stuck`` after ``timeout``."""
+        done = threading.Event()
+        outcome: list[BaseException | None] = []
+        self._calls.put((call, done, outcome))
+        if not done.wait(timeout):
+            raise _Stuck()
+        return outcome[0]
+
+    def stop(self) -> None:
+        self._calls.put(None)
 
 
 # Keys of internal repartition records: an event with the features computed so far (and when the
@@ -224,6 +264,7 @@ class Worker(Stoppable):
         self._to_restore: dict[tuple[int, int], TopicPartition] = {}
         self._offsets: dict[tuple[str, int], int] = {}
         self._stopper = GracefulStop("finishing the current batch")
+        self._calls: _CallThread | None = None   # made on the first transactional call
         self._in_txn = False
         self._batch_records = 0
         self._batch_started = 0.0
@@ -355,6 +396,9 @@ class Worker(Stoppable):
         return self.stats
 
     def _shutdown_clients(self) -> None:
+        if self._calls is not None:
+            self._calls.stop()
+            self._calls = None
         try:
             self._consumer.close()
         finally:
@@ -774,25 +818,17 @@ class Worker(Stoppable):
             detail = exc.args[0].str() if isinstance(exc, KafkaException) else str(exc)
             raise KafkaError(f"cannot initialise transactions: {detail}") from None
 
-    @staticmethod
-    def _guarded(call: Callable[[], None], name: str) -> None:
-        """Run a blocking transactional call on a helper thread, giving up after a deadline."""
-        outcome: list[BaseException | None] = []
-
-        def target() -> None:
-            try:
-                call()
-                outcome.append(None)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
-                outcome.append(exc)
-
-        thread = threading.Thread(target=target, name=f"txn-{name}", daemon=True)
-        thread.start()
-        thread.join(_WATCHDOG_S)
-        if thread.is_alive():
-            raise _Stuck(name)
-        if outcome and outcome[0] is not None:
-            raise outcome[0]
+    def _guarded(self, call: Callable[[], None], name: str) -> None:
+        """Run a blocking transactional call on the helper thread, giving up after a deadline."""
+        if self._calls is None:
+            self._calls = _CallThread()
+        try:
+            error = self._calls.run(call, _WATCHDOG_S)
+        except _Stuck:
+            self._calls = None  # blocked in the call: abandoned, the next call gets a new one
+            raise _Stuck(name) from None
+        if error is not None:
+            raise error
 
     def _commit_transaction(self) -> None:
         """Commit, retrying while the outcome is unknown (e.g. the coordinator is moving)."""
