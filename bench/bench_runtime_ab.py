@@ -149,7 +149,8 @@ def main() -> None:
     ap.add_argument("--after", type=Path, default=ROOT, help="checkout of the 'after' code")
     ap.add_argument("--after-python", default=sys.executable)
     ap.add_argument("--events", type=int, default=20_000)
-    ap.add_argument("--paced", type=int, default=2_000, help="events in each latency run")
+    ap.add_argument("--paced", type=int, default=2_000,
+                    help="events in each latency run (0: throughput only)")
     ap.add_argument("--rate", type=float, default=500.0, help="offered events/s for latency")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--partitions", type=int, default=4)
@@ -180,11 +181,13 @@ def main() -> None:
                     tp = throughput(pair, bulk)
                 finally:
                     pair.close()
-                pair = Pair(variants, base, g, f"{g}-l{r}", work)
-                try:
-                    lat = latency(pair, paced, args.rate) if args.paced else {}
-                finally:
-                    pair.close()
+                lat: dict = {}
+                if args.paced:
+                    pair = Pair(variants, base, g, f"{g}-l{r}", work)
+                    try:
+                        lat = latency(pair, paced, args.rate)
+                    finally:
+                        pair.close()
                 rows.append((g, tp, lat))
                 print(f"{g} round {r} (load {os.getloadavg()[0]:.1f}): " + "; ".join(
                     f"{v} {tp[v]:,.0f} events/CPU-s" + (

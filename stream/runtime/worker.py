@@ -11,7 +11,8 @@ Commit protocol (``processing_guarantee = "exactly_once"``, the default):
    topic, labels routed to the stages that need them, dead letters.
 3. When ``commit_interval_ms`` has passed or ``commit_every_records`` records were processed, every
    task's store is flushed: dirty state is written to RocksDB and each changed key is produced to
-   the stage's compacted changelog topic (same partition), inside the transaction.
+   the stage's compacted changelog topic (same partition), inside the transaction; an event's
+   label-index entry and scorer snapshot go as one event record (:mod:`stream.runtime.changelog`).
 4. The consumed input offsets are added to the transaction (``send_offsets_to_transaction`` with the
    consumer's group metadata, which fences a zombie owner after a rebalance).
 5. The transaction is committed: outputs, changelog records and input offsets become visible
