@@ -115,20 +115,37 @@ def _thread_cpu(pid: int) -> dict[str, float]:
     return out
 
 
+def bench_settings(bootstrap: str, partitions: int, prefix: str = "bench") -> Settings:
+    """Settings for the benchmark's project topics on the local broker (created here)."""
+    base = Settings.load(env={}, overrides={
+        "bootstrap_servers": bootstrap, "partitions": partitions,
+        "topic_events": f"{prefix}.events", "topic_labels": f"{prefix}.labels",
+        "topic_dead_letter": f"{prefix}.dead-letter", "topic_training": f"{prefix}.training",
+        "topic_models": f"{prefix}.models"})
+    ensure_topics(base)
+    return base
+
+
+def bench_events(n: int) -> list[dict]:
+    """The simulator's first ``n`` events (14 days, seed 3): the same in every run."""
+    return list(simulate(SimConfig(events=n, days=14, seed=3, id_prefix="bench")).iter_events())
+
+
 def _warm_up(s: Settings, consumer: ScoreConsumer, events: list[dict],
              pub: EventPublisher | None = None) -> None:
     """Score a few events first: group joined, tasks restored, modules imported (and, given
     ``pub``, the publisher connected with its producer id, as a long-lived service's is)."""
+    warm = events[:200]  # fewer when a run has fewer events (--paced 100)
     if pub is None:
         with EventPublisher(s, **{"linger.ms": 0}) as own:
-            for e in events[:200]:
+            for e in warm:
                 own.publish(dict(e, event_id=f"warm-{e['event_id']}"))
     else:
-        for e in events[:200]:
+        for e in warm:
             pub.publish(dict(e, event_id=f"warm-{e['event_id']}"))
         pub.flush()
     got = 0
-    while got < 200:
+    while got < len(warm):
         if consumer.poll(1.0) is not None:
             got += 1
 
@@ -249,15 +266,8 @@ def main() -> None:
     status = broker.up()
     finished = False
     try:
-        base = Settings.load(env={}, overrides={
-            "bootstrap_servers": status.bootstrap, "partitions": args.partitions,
-            "topic_events": "bench.events", "topic_labels": "bench.labels",
-            "topic_dead_letter": "bench.dead-letter", "topic_training": "bench.training",
-            "topic_models": "bench.models"})
-        ensure_topics(base)
-        sim = simulate(SimConfig(events=args.events + args.paced, days=14, seed=3,
-                                 id_prefix="bench"))
-        events = list(sim.iter_events())
+        base = bench_settings(status.bootstrap, args.partitions)
+        events = bench_events(args.events + args.paced)
         bulk, paced = events[:args.events], events[args.events:]
         results: dict[str, dict] = {}
         for guarantee in args.guarantees.split(","):

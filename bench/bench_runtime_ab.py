@@ -42,7 +42,6 @@ from stream.consumer import ScoreConsumer  # noqa: E402
 from stream.localkafka import LocalKafka  # noqa: E402
 from stream.publisher import EventPublisher  # noqa: E402
 from stream.settings import Settings  # noqa: E402
-from stream.simulate import SimConfig, simulate  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
 
 
@@ -165,14 +164,8 @@ def main() -> None:
     status = broker.up()
     rows: list[tuple[str, dict, dict]] = []
     try:
-        base = Settings.load(env={}, overrides={
-            "bootstrap_servers": status.bootstrap, "partitions": args.partitions,
-            "topic_events": "ab.events", "topic_labels": "ab.labels",
-            "topic_dead_letter": "ab.dead-letter", "topic_training": "ab.training",
-            "topic_models": "ab.models"})
-        ensure_topics(base)
-        events = list(simulate(SimConfig(events=args.events + args.paced, days=14, seed=3,
-                                         id_prefix="bench")).iter_events())
+        base = single.bench_settings(status.bootstrap, args.partitions, prefix="ab")
+        events = single.bench_events(args.events + args.paced)
         bulk, paced = events[:args.events], events[args.events:]
         for g in args.guarantees.split(","):
             for r in range(args.rounds):
