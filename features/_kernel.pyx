@@ -153,7 +153,8 @@ cdef inline void _hs_free(HSet* s) noexcept nogil:
 
 
 # The running total's distinct values: open addressing (linear probing, backward-shift delete),
-# hash -> number of window buckets holding it. Capacity is a power of two, load <= 1/2.
+# hash -> number of window buckets holding it. Capacity is a power of two, load <= 1/2. Keys and
+# counts share one allocation (``vals`` follows ``keys``): one block to fetch and to free.
 ctypedef struct HMap:
     uint32_t n
     uint32_t cap
@@ -169,19 +170,17 @@ cdef inline uint32_t _hm_slot(HMap* m, uint64_t h) noexcept nogil:
     return i
 
 
-cdef int _hm_grow(HMap* m) except -1:
-    cdef uint32_t cap = m.cap * 2 if m.cap else 8
+cdef int _hm_resize(HMap* m, uint32_t cap) except -1:
+    """Rehash into a table of ``cap`` slots (a power of two above twice the entries)."""
     cdef uint64_t* oldk = m.keys
     cdef uint32_t* oldv = m.vals
     cdef uint32_t oldcap = m.cap, i, j
-    m.keys = <uint64_t*>malloc(cap * sizeof(uint64_t))
-    m.vals = <uint32_t*>malloc(cap * sizeof(uint32_t))
-    if m.keys == NULL or m.vals == NULL:
-        free(m.keys)
-        free(m.vals)
-        m.keys, m.vals = oldk, oldv
+    cdef char* mem = <char*>malloc(<size_t>cap * (sizeof(uint64_t) + sizeof(uint32_t)))
+    if mem == NULL:
         PyErr_NoMemory()
         return -1
+    m.keys = <uint64_t*>mem
+    m.vals = <uint32_t*>(mem + <size_t>cap * sizeof(uint64_t))
     memset(m.keys, 0, cap * sizeof(uint64_t))
     m.cap = cap
     for i in range(oldcap):
@@ -190,8 +189,11 @@ cdef int _hm_grow(HMap* m) except -1:
             m.keys[j] = oldk[i]
             m.vals[j] = oldv[i]
     free(oldk)
-    free(oldv)
     return 0
+
+
+cdef inline int _hm_grow(HMap* m) except -1:
+    return _hm_resize(m, m.cap * 2 if m.cap else 8)
 
 
 cdef inline uint32_t _hm_get(HMap* m, uint64_t h) noexcept nogil:
@@ -260,8 +262,7 @@ cdef inline void _hm_clear(HMap* m) noexcept nogil:
 
 
 cdef inline void _hm_free(HMap* m) noexcept nogil:
-    free(m.keys)
-    free(m.vals)
+    free(m.keys)          # vals live in the same block
     m.keys = NULL
     m.vals = NULL
     m.n = m.cap = 0
@@ -276,10 +277,12 @@ ctypedef struct Ring:
     int32_t nv            # numeric fields
     int32_t nd            # distinct fields
     int32_t lifetime
-    int64_t* bidx         # nb bucket indexes, ascending
+    # The buckets: one block of capb entries, indexes then slots then distinct sets.
+    int64_t* bidx         # nb bucket indexes, ascending (the block's start)
     double* bs            # nb * width slots
-    HSet* bset            # nb * nd distinct sets
-    double* run           # width slots; a NaN min marks min/max to recompute
+    HSet* bset            # nb * nd distinct sets (NULL without distinct fields)
+    # The ring's fixed part: one block, running total then maps then levels.
+    double* run           # width slots; a NaN min marks min/max to recompute (the block's start)
     HMap* rmap            # nd maps
     uint8_t* levels       # nd sampling levels
 
@@ -306,19 +309,23 @@ cdef inline void _zero_slots(double* row, int nv) noexcept nogil:
 
 
 cdef int _ring_init(Ring* r, int nv, int nd, bint lifetime) except -1:
+    cdef size_t run_bytes, map_bytes
+    cdef char* mem
     memset(r, 0, sizeof(Ring))
     r.head = -1
     r.nv, r.nd, r.lifetime = nv, nd, lifetime
     r.width = HEAD + VW * nv
-    r.run = <double*>malloc(r.width * sizeof(double))
-    r.rmap = <HMap*>malloc((nd or 1) * sizeof(HMap))
-    r.levels = <uint8_t*>malloc(nd or 1)
-    if r.run == NULL or r.rmap == NULL or r.levels == NULL:
+    run_bytes = r.width * sizeof(double)
+    map_bytes = nd * sizeof(HMap)
+    mem = <char*>malloc(run_bytes + map_bytes + (nd or 1))
+    if mem == NULL:
         PyErr_NoMemory()
         return -1
+    r.run = <double*>mem
+    r.rmap = <HMap*>(mem + run_bytes)
+    r.levels = <uint8_t*>(mem + run_bytes + map_bytes)
     _zero_slots(r.run, nv)
-    memset(r.rmap, 0, (nd or 1) * sizeof(HMap))
-    memset(r.levels, 0, nd or 1)
+    memset(r.rmap, 0, map_bytes + (nd or 1))
     return 0
 
 
@@ -328,39 +335,36 @@ cdef void _ring_free(Ring* r) noexcept nogil:
         _hs_free(&r.bset[i])
     for k in range(r.nd):
         _hm_free(&r.rmap[k])
-    free(r.bidx)
-    free(r.bs)
-    free(r.bset)
-    free(r.run)
-    free(r.rmap)
-    free(r.levels)
+    free(r.bidx)          # with bs and bset
+    free(r.run)           # with rmap and levels
     memset(r, 0, sizeof(Ring))
 
 
 cdef int _ring_reserve(Ring* r, int32_t want) except -1:
+    """Room for ``want`` buckets: the indexes, slots and distinct sets move to one new block."""
     cdef int32_t cap
-    cdef void* p
+    cdef size_t idx_bytes, slot_bytes
+    cdef char* mem
     if want <= r.capb:
         return 0
     cap = r.capb * 2 if r.capb else 4
     while cap < want:
         cap *= 2
-    p = realloc(r.bidx, cap * sizeof(int64_t))
-    if p == NULL:
+    idx_bytes = <size_t>cap * sizeof(int64_t)
+    slot_bytes = <size_t>cap * r.width * sizeof(double)
+    mem = <char*>malloc(idx_bytes + slot_bytes + <size_t>cap * r.nd * sizeof(HSet))
+    if mem == NULL:
         PyErr_NoMemory()
         return -1
-    r.bidx = <int64_t*>p
-    p = realloc(r.bs, cap * r.width * sizeof(double))
-    if p == NULL:
-        PyErr_NoMemory()
-        return -1
-    r.bs = <double*>p
-    if r.nd:
-        p = realloc(r.bset, cap * r.nd * sizeof(HSet))
-        if p == NULL:
-            PyErr_NoMemory()
-            return -1
-        r.bset = <HSet*>p
+    if r.nb:
+        memcpy(mem, r.bidx, r.nb * sizeof(int64_t))
+        memcpy(mem + idx_bytes, r.bs, <size_t>r.nb * r.width * sizeof(double))
+        if r.nd:
+            memcpy(mem + idx_bytes + slot_bytes, r.bset, <size_t>r.nb * r.nd * sizeof(HSet))
+    free(r.bidx)
+    r.bidx = <int64_t*>mem
+    r.bs = <double*>(mem + idx_bytes)
+    r.bset = <HSet*>(mem + idx_bytes + slot_bytes) if r.nd else NULL
     r.capb = cap
     return 0
 
@@ -821,9 +825,15 @@ cdef int _fold_label(_Spec sp, Ring* r, int64_t event_t, int64_t max_t, double l
 
 # ---------------------------------------------------------------------- entity state
 cdef class State:
-    """One entity's state: latest event time, ``last`` values and one ring per window."""
+    """One entity's state: latest event time, ``last`` values and one ring per window.
+
+    ``dirty``: the engine changed the state and told its store (``touch``) since the store last
+    wrote it. The engine touches a dirty state no more; a store with ``touch`` clears the flag
+    whenever it encodes the state for writing. Not part of the encoding.
+    """
     cdef readonly int64_t t
     cdef public list last
+    cdef public bint dirty
     cdef Ring* rings
     cdef int nr
 
@@ -969,7 +979,7 @@ def decode_state(data) -> State:
     cdef uint32_t nb, cnt, e
     cdef int32_t p
     cdef Ring* r
-    cdef uint64_t key
+    cdef uint64_t key, cap
     cdef uint32_t val
     cdef const char* q2
     # Every length read from the data is checked against the bytes left (take) before anything
@@ -1002,10 +1012,15 @@ def decode_state(data) -> State:
         memcpy(r.run, rd.take(r.width * 8), r.width * 8)
         for k in range(nd):
             cnt = rd.u32()
+            q = rd.take(<Py_ssize_t>cnt * 12)
+            if cnt:  # sized once (load <= 1/2), not grown entry by entry
+                cap = 8
+                while cap < 2 * <uint64_t>cnt:
+                    cap *= 2
+                _hm_resize(&r.rmap[k], <uint32_t>cap)
             for e in range(cnt):
-                q = rd.take(12)
-                memcpy(&key, q, 8)
-                memcpy(&val, q + 8, 4)
+                memcpy(&key, q + <Py_ssize_t>12 * e, 8)
+                memcpy(&val, q + <Py_ssize_t>12 * e + 8, 4)
                 if key == 0 or val == 0:
                     raise ValueError("corrupt distinct map")
                 _hm_incr(&r.rmap[k], key)
@@ -1025,9 +1040,12 @@ def decode_state(data) -> State:
         for p in range(<int32_t>(nb * nd)):
             cnt = rd.u32()
             q = rd.take(<Py_ssize_t>cnt * 8)
-            for e in range(cnt):
-                memcpy(&key, q + <Py_ssize_t>8 * e, 8)
-                _hs_add(&r.bset[p], key)
+            if cnt:  # one allocation of the exact size
+                r.bset[p].a = <uint64_t*>malloc(<size_t>cnt * 8)
+                if r.bset[p].a == NULL:
+                    raise MemoryError()
+                memcpy(r.bset[p].a, q, <size_t>cnt * 8)
+                r.bset[p].n = r.bset[p].cap = cnt
     if rd.p != rd.end:
         raise ValueError("trailing bytes after feature state")
     return st
@@ -1258,7 +1276,8 @@ cdef class Groups:
         self.label_idx = list(label_idx)
         self.ttl = ttl_ms
         # ``touch(key)``: the store's "the object get() returned has changed" (cheaper than a
-        # put of the same object); stores without one get a put.
+        # put of the same object), called only while the state's ``dirty`` flag is clear (the
+        # store clears it when it writes the state); stores without one get a put each time.
         self.get, self.put, self.touch = get, put, touch
         # ``live``: the store hands out its objects themselves (an in-memory dict), so a state
         # changed in place needs neither a put nor a touch.
@@ -1287,7 +1306,12 @@ cdef class Groups:
             if r == 0:
                 if fresh or (self.touch is None and not self.live):
                     self.put(key, st)
-                elif not self.live:
+                    if self.touch is not None:
+                        (<State>st).dirty = True
+                elif not self.live and not (<State>st).dirty:
+                    # Once per change since the store last wrote the state: a hot entity
+                    # costs the store one dirty-set insertion per write, not one per event.
+                    (<State>st).dirty = True
                     self.touch(key)
                 if index is not None and self.label_idx[i] is not None:
                     index.append((self.label_idx[i], key))

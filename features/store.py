@@ -54,7 +54,10 @@ class StateStore(Protocol):
         """Remove ``key`` if present."""
 
     # Optional: ``touch(key)``, "the object get(key) returned was changed in place", which a
-    # store can do cheaper than a put of that same object. The engine uses it when present.
+    # store can do cheaper than a put of that same object. The engine uses it when present, once
+    # per change of a state since the store last wrote it: it sets the state's ``dirty`` flag
+    # and touches only a clean state, so a store with ``touch`` must clear the flag
+    # (``state.dirty = False``) whenever it encodes the state for a write.
 
 
 class DictStore:

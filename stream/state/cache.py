@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Protocol
 
+from features._kernel import State as _State
 from features.store import decode as _decode
 from features.store import encode as _encode
 from features.store import entry_time
@@ -98,11 +99,15 @@ class CachedStore:
             self._young.pop(key, None)
             self._old.pop(key, None)
             self._dirty.discard(key)
-            self._stage(key, self._encode(value))
+            self._stage(key, self._encode_written(value))
 
     def touch(self, key: bytes) -> None:
         """The object :meth:`get` just returned for ``key`` was changed in place: mark it dirty
-        (a :meth:`put` of the same object, without looking it up again)."""
+        (a :meth:`put` of the same object, without looking it up again).
+
+        The engine touches a feature state only while its ``dirty`` flag is clear and sets the
+        flag; the store clears it whenever it encodes the state for a write (eviction, flush).
+        """
         self._dirty.add(key)
 
     def delete(self, key: bytes) -> None:
@@ -128,7 +133,14 @@ class CachedStore:
             value = old.pop(key)
             if key in dirty:
                 dirty.discard(key)
-                self._stage(key, self._encode(value))
+                self._stage(key, self._encode_written(value))
+
+    def _encode_written(self, value: Any) -> bytes:
+        """Encode ``value`` for writing. A feature state's ``dirty`` flag is cleared: the engine
+        touches it (once) again when it next changes it."""
+        if type(value) is _State:
+            value.dirty = False
+        return self._encode(value)
 
     def _stage(self, key: bytes, raw: bytes | None) -> None:
         self._pending[key] = raw
@@ -157,7 +169,7 @@ class CachedStore:
         young, old = self._young, self._old
         for key in self._dirty:
             value = young.get(key)
-            self._pending[key] = self._encode(value if value is not None else old[key])
+            self._pending[key] = self._encode_written(value if value is not None else old[key])
         self._dirty.clear()
         self._write_pending()
 
