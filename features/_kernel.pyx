@@ -27,6 +27,7 @@ whatever the batching, the cache or the backend. The encoding is native byte ord
 (little-endian on every machine fraudstream supports).
 """
 
+cimport cython
 from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.string cimport memcpy, memmove, memset
 from libc.math cimport sqrt, INFINITY, NAN, isnan
@@ -824,8 +825,14 @@ cdef int _fold_label(_Spec sp, Ring* r, int64_t event_t, int64_t max_t, double l
 
 
 # ---------------------------------------------------------------------- entity state
+@cython.no_gc
 cdef class State:
-    """One entity's state: latest event time, ``last`` values and one ring per window.
+    """One entity's state: latest event time, ``last`` values (``None`` when its group has no
+    ``last`` features) and one ring per window.
+
+    Not tracked by the cyclic garbage collector: a state refers to no object but its ``last``
+    values (event fields), so it can be part of no reference cycle, and a worker's millions of
+    cached states would otherwise be traversed by every older-generation collection.
 
     ``dirty``: the engine changed the state and told its store (``touch``) since the store last
     wrote it. The engine touches a dirty state no more; a store with ``touch`` clears the flag
@@ -995,7 +1002,7 @@ def decode_state(data) -> State:
         except (EOFError, TypeError) as exc:
             raise ValueError(f"corrupt last values: {exc}") from None
     else:
-        st.last = []
+        st.last = None
     st.rings = <Ring*>malloc((st.nr or 1) * sizeof(Ring))
     if st.rings == NULL:
         raise MemoryError()
@@ -1126,7 +1133,7 @@ cdef class GroupKernel:
         cdef _Spec sp
         cdef int i
         st.t = -1
-        st.last = [None] * len(self.last_fields)
+        st.last = [None] * len(self.last_fields) if self.last_fields else None
         st.rings = <Ring*>malloc((self.nr or 1) * sizeof(Ring))
         if st.rings == NULL:
             raise MemoryError()
@@ -1153,6 +1160,8 @@ cdef class GroupKernel:
         cdef bint has[MAXF]
         cdef uint64_t hs[MAXF]
         cdef object v
+        if self.last_fields and (st.last is None or len(st.last) != len(self.last_fields)):
+            raise FeatureError("feature state has the wrong number of last values")
         for i in range(len(self.prev_names)):
             j = self.prev_idx[i]
             if j >= 0:
@@ -1210,7 +1219,7 @@ cdef class GroupKernel:
         cdef int32_t p
         cdef uint64_t h
         st.t = t
-        st.last = [last_value] * len(self.last_fields)
+        st.last = [last_value] * len(self.last_fields) if self.last_fields else None
         for i in range(self.nr):
             sp = self.specs[i]
             r = &st.rings[i]
