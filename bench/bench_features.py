@@ -20,6 +20,7 @@ import gc
 import json
 import platform
 import random
+import resource
 import shutil
 import statistics
 import subprocess
@@ -105,6 +106,10 @@ def main() -> None:
     ap.add_argument("--cache-entries", type=int, default=600_000)
     ap.add_argument("--row-cache-mb", type=int, default=0,
                     help="RocksDB row cache behind the live-object cache (0: none)")
+    ap.add_argument("--compression", default=RocksOptions().compression,
+                    help="RocksDB compression (none, lz4, zstd, snappy)")
+    ap.add_argument("--block-cache-mb", type=int, default=RocksOptions().block_cache_bytes >> 20,
+                    help="RocksDB block cache, MiB")
     ap.add_argument("--backend", choices=("rocksdb", "memory"), default="rocksdb")
     ap.add_argument("--path", default=None, help="RocksDB directory (default: a temp dir)")
     ap.add_argument("--gc", choices=("default", "frozen", "off"), default="off",
@@ -131,7 +136,9 @@ def main() -> None:
         tmp = tempfile.mkdtemp(prefix="fs-bench-")
         path = str(Path(tmp) / "state")
     store = open_store(args.backend, path, cache_entries=args.cache_entries,
-                       options=RocksOptions(row_cache_bytes=args.row_cache_mb << 20))
+                       options=RocksOptions(row_cache_bytes=args.row_cache_mb << 20,
+                                           compression=args.compression,
+                                           block_cache_bytes=args.block_cache_mb << 20))
     engine = FeatureEngine(default_feature_set(), store)
     try:
         warm_span = 24 * 3_600_000
@@ -191,6 +198,8 @@ def main() -> None:
             "cpu_us_per_event_chunks": [round(x, 1) for x in cpu_us],
             "flush_s": round(flush_s, 2),
             "cache_entries": args.cache_entries, "row_cache_mb": args.row_cache_mb,
+            "compression": args.compression, "block_cache_mb": args.block_cache_mb,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10,
             "cache_hit_rate": round(hits / max(1, hits + misses), 3),
             "entities": {k: len(v) for k, v in sizes.items()},
             "state_bytes_mean": {k: round(statistics.fmean(v)) for k, v in sizes.items()},

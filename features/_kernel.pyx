@@ -972,12 +972,20 @@ cdef class _Reader:
 
 def decode_state(data) -> State:
     """Inverse of :meth:`State.encode` (``data``: bytes or a buffer)."""
-    cdef const unsigned char[:] view = data
-    cdef Py_ssize_t n = view.shape[0]
-    if n < 10 or view[0] != FORMAT:
-        raise ValueError(f"not a feature state (format {view[0] if n else None!r})")
+    cdef const unsigned char[:] view
+    cdef const char* start
+    cdef Py_ssize_t n
+    if type(data) is bytes:  # what a store hands back: no buffer view to build
+        start = PyBytes_AS_STRING(data)
+        n = PyBytes_GET_SIZE(data)
+    else:
+        view = data
+        n = view.shape[0]
+        start = <const char*>&view[0] if n else NULL
+    if n < 10 or <uint8_t>start[0] != FORMAT:
+        raise ValueError(f"not a feature state (format {<uint8_t>start[0] if n else None!r})")
     cdef _Reader rd = _Reader()
-    rd.p = <const char*>&view[0]
+    rd.p = start
     rd.end = rd.p + n
     cdef State st = State.__new__(State)
     cdef const char* q = rd.take(9)

@@ -15,6 +15,7 @@ encoded value (``None`` for a delete): exactly what a changelog topic needs.
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any, Callable, Protocol
 
 from features._kernel import State as _State
@@ -96,10 +97,16 @@ class CachedStore:
                     self._evict()
             self._dirty.add(key)
         else:
+            # The engine's label index takes this path once per event: staged inline.
             self._young.pop(key, None)
             self._old.pop(key, None)
             self._dirty.discard(key)
-            self._stage(key, self._encode_written(value))
+            if type(value) is _State:
+                value.dirty = False
+            pending = self._pending
+            pending[key] = self._encode(value)
+            if len(pending) >= self.batch_size:
+                self._write_pending()
 
     def touch(self, key: bytes) -> None:
         """The object :meth:`get` just returned for ``key`` was changed in place: mark it dirty
@@ -120,20 +127,21 @@ class CachedStore:
     def _evict(self) -> None:
         if not self._old:  # a new generation: what was young is now the oldest
             self._old, self._young = self._young, {}
-        old, dirty = self._old, self._dirty
+        old, dirty, encode = self._old, self._dirty, self._encode
         excess = len(old) + len(self._young) - self.capacity
         # Evict in chunks of 1/64 of the capacity so eviction cost is amortised.
         count = max(excess, self.capacity // 64, 1)
-        victims = []
-        for key in old:
-            victims.append(key)
-            if len(victims) >= count:
-                break
-        for key in victims:
+        pending, batch = self._pending, self.batch_size
+        for key in list(islice(old, count)):
             value = old.pop(key)
-            if key in dirty:
-                dirty.discard(key)
-                self._stage(key, self._encode_written(value))
+            if key in dirty:  # _encode_written and _stage, inlined: this loop is per entity
+                dirty.remove(key)
+                if type(value) is _State:
+                    value.dirty = False
+                pending[key] = encode(value)
+                if len(pending) >= batch:
+                    self._write_pending()
+                    pending = self._pending
 
     def _encode_written(self, value: Any) -> bytes:
         """Encode ``value`` for writing. A feature state's ``dirty`` flag is cleared: the engine
