@@ -105,6 +105,35 @@ def test_every_open_goes_through_the_options_object(tmp_path, monkeypatch):
     assert source.count("rocksdict.Rdict(") == 1
 
 
+def _rocksdb_options_file(path) -> dict[str, str]:
+    """The latest OPTIONS file RocksDB wrote for the store at ``path``, as name -> value."""
+    latest = max(path.glob("OPTIONS-*"), key=lambda f: int(f.name.split("-")[1]))
+    out: dict[str, str] = {}
+    for line in latest.read_text().splitlines():
+        name, sep, value = line.strip().partition("=")
+        if sep:
+            out[name] = value
+    return out
+
+
+@pytest.mark.parametrize("opts", [RocksOptions(),
+                                  RocksOptions(block_size=16 << 10, bloom_bits_per_key=6.0,
+                                               write_buffer_bytes=8 << 20, compression="zstd")])
+def test_every_rocksdb_option_reaches_rocksdb(tmp_path, opts):
+    # A later call that replaced the table configuration once dropped block_size silently.
+    RocksBackend(tmp_path / "db", opts).close()
+    written = _rocksdb_options_file(tmp_path / "db")
+    assert written["block_size"] == str(opts.block_size)
+    assert written["write_buffer_size"] == str(opts.write_buffer_bytes)
+    assert written["max_write_buffer_number"] == str(opts.max_write_buffers)
+    assert written["compression"] == {"lz4": "kLZ4Compression",
+                                      "zstd": "kZSTD"}[opts.compression]
+    assert written["filter_policy"].startswith("bloomfilter")
+    assert written["data_block_index_type"] == "kDataBlockBinaryAndHash"
+    assert written["memtable_whole_key_filtering"] == "true"
+    assert written["cache_index_and_filter_blocks"] == "false"
+
+
 def test_row_cache_is_shared_and_reads_back_what_was_written(tmp_path):
     from stream.state.rocks import _shared_row_cache
     opts = RocksOptions(row_cache_bytes=4 << 20)
