@@ -83,9 +83,23 @@ class GlobalModel:
     def create(cls, spec: str = "default", seed: int = 42) -> "GlobalModel":
         return cls(build(spec, seed))
 
+    # (n_learned, label) of the last default label built: scoring reads the version per event.
+    _auto: tuple[int, str] | None = None
+
     @property
     def version(self) -> str:
-        return self._version or f"{self.model.version}.{self.n_learned}"
+        if self._version:
+            return self._version
+        auto = self._auto
+        if auto is None or auto[0] != self.n_learned:
+            auto = self._auto = (self.n_learned, f"{self.model.version}.{self.n_learned}")
+        return auto[1]
+
+    def __getstate__(self) -> dict:
+        # Snapshots as before: the cached label is not part of the model.
+        state = self.__dict__.copy()
+        state.pop("_auto", None)
+        return state
 
     def set_version(self, version: str | None) -> None:
         """Pin the version label (``None``: back to ``"<spec version>.<n_learned>"``)."""
@@ -158,17 +172,22 @@ class Scorer:
                  merchants: MerchantModels | None = None, policy: DecisionPolicy | None = None,
                  monitor: QualityMonitor | None = None, challenger: GlobalModel | None = None,
                  learn_global: bool = True, n_reasons: int = 3,
-                 learn_merchants: bool = True) -> None:
+                 learn_merchants: bool = True, evaluate: bool = True) -> None:
         self._global = global_model
         self._challenger = challenger
         self.snapshots = snapshots
         self.merchants = merchants
         self.policy = policy if policy is not None else DecisionPolicy()
-        self.monitor = monitor if monitor is not None else QualityMonitor()
+        # ``evaluate=False``: no quality monitor (None), for callers that never read it (the
+        # backtest computes its own metrics); scores and learning are the same.
+        self.monitor: QualityMonitor | None = (
+            (monitor if monitor is not None else QualityMonitor()) if evaluate else None)
         self.learn_global = learn_global
         # False freezes the per-merchant models (and their calibrators) as they are; they still
         # score. Labels still join and count.
         self.learn_merchants = learn_merchants
+        # 0: no reason codes. The score is the same (``score_one`` is ``score_explain_one``
+        # without the explanation); the prior's terms and the contributions are not computed.
         self.n_reasons = n_reasons
 
     @classmethod
@@ -176,12 +195,15 @@ class Scorer:
                merchant_spec: str | None = "merchant-correction", blend: BlendRule = BlendRule(),
                policy: DecisionPolicy | None = None, ttl_ms: int = DEFAULT_TTL_MS,
                challenger: str | None = None, learn_global: bool = True,
-               budget: float = 0.01, write_through: bool = True) -> "Scorer":
+               budget: float = 0.01, write_through: bool = True, n_reasons: int = 3,
+               evaluate: bool = True) -> "Scorer":
         """A scorer with fresh models; ``kv`` holds snapshots and per-merchant models.
 
         ``write_through=False`` keeps learned merchant models dirty in memory until
         :meth:`flush` (one pickle per merchant per flush instead of one per label); the I/O layer
         then calls :meth:`flush` in its commit protocol before changelogs and checkpoints.
+        ``n_reasons=0`` scores without reason codes and ``evaluate=False`` keeps no quality
+        monitor: the same scores and learning for callers that use neither (the backtest).
         """
         from online_models.labels import MemoryKV
 
@@ -190,8 +212,9 @@ class Scorer:
                                     write_through=write_through)
                      if merchant_spec is not None else None)
         return cls(GlobalModel.create(spec, seed), SnapshotStore(kv, ttl_ms), merchants, policy,
-                   QualityMonitor(budget=budget),
-                   GlobalModel.create(challenger, seed) if challenger else None, learn_global)
+                   QualityMonitor(budget=budget) if evaluate else None,
+                   GlobalModel.create(challenger, seed) if challenger else None, learn_global,
+                   n_reasons, evaluate=evaluate)
 
     # ------------------------------------------------------------------ models
     @property
@@ -232,7 +255,10 @@ class Scorer:
         g = self._global
         model = g.model
         v = model.prepare_one(x)
-        raw_global, top = model.score_explain_one(v, self.n_reasons)
+        if self.n_reasons:
+            raw_global, top = model.score_explain_one(v, self.n_reasons)
+        else:
+            raw_global, top = model.score_one(v), None
         p_global = p = g.calibrator.predict_one(raw_global)
         p_merchant = None
         merchant_n = 0
@@ -258,7 +284,7 @@ class Scorer:
             event_id, merchant_id, event_time, p, decision,
             version if merchant_version is None else f"{version}+{merchant_version}",
             {"global": version, "merchant": merchant_version, "challenger": c_version},
-            reason_codes(top, v), raw_global, c_score)
+            reason_codes(top, v) if top else [], raw_global, c_score)
 
     # ------------------------------------------------------------------ per label
     def learn(self, event_id: str, is_fraud: bool, label_time: int) -> LearnOutcome:
@@ -268,7 +294,7 @@ class Scorer:
             return LearnOutcome(status)
         y = bool(is_fraud)
         example = Example(snap, y, label_time)
-        drifts = self._evaluate(example)
+        drifts = self._evaluate(example) if self.monitor is not None else []
         if snap.merchant_id is not None and self.merchants is not None and self.learn_merchants:
             p_global = snap.p_global if snap.p_global is not None else snap.raw
             self.merchants.learn(snap.merchant_id, snap.vector, y, snap.event_time,
@@ -302,7 +328,7 @@ class Scorer:
 
     def report(self, merchants: bool = True) -> dict:
         """Quality metrics, label-join counts and the model versions in use."""
-        out = self.monitor.report(merchants)
+        out = self.monitor.report(merchants) if self.monitor is not None else {}
         out["labels"] = self.snapshots.stats.as_dict()
         out["versions"] = {"global": self._global.version,
                            "challenger": self._challenger.version if self._challenger else None}

@@ -203,9 +203,12 @@ class _Scoring:
     def for_store(self, store: Any) -> Any:
         """The scorer of one last-stage task (``store`` is the task's store)."""
         s = self.settings
+        # No reason codes and no quality monitor: the backtest records scores only and computes
+        # its own metrics (the scores are the worker's: make_scorer).
         scorer = make_scorer(self.name, store, s.review_threshold, s.block_threshold,
                              self.global_model, s.merchant_threshold_map(),
-                             merchant_models=self.merchant_models)
+                             merchant_models=self.merchant_models, reasons=False,
+                             evaluate=False)
         if self.frozen_at is not None:
             scorer.freeze()
         self._scorers.append(scorer)
@@ -258,6 +261,9 @@ class _EventPath:
         self._last = len(self.stages) - 1
         # (stage, partition) -> (engine or None, store, scorer or None); made when first used.
         self._tasks: dict[tuple[int, int], tuple[FeatureEngine | None, Any, Any]] = {}
+        # Labels parked and not yet applied (an upper bound: a label parked twice for one event
+        # counts twice). While none is, an event has no parked label to look up.
+        self._parked_now = 0
 
     def _task(self, stage: int, key: Any) -> tuple[FeatureEngine | None, Any, Any]:
         p = partition_for(str(key).encode(), self.partitions) if self.partitions > 1 else 0
@@ -280,23 +286,26 @@ class _EventPath:
         for i in range(1, last + 1):
             # Forward as the worker does, keyed by the next stage's field. The worker sends
             # {event, features} as JSON; for these values (str, int, finite float, None, lists
-            # and dicts of them) orjson's round trip is the identity, so a copy stands in for it
-            # (tests/integration/test_parity.py holds the scores equal to the worker's).
-            event, upstream = dict(event), merged
+            # and dicts of them) orjson's round trip is the identity, and no stage changes the
+            # event or keeps the feature dicts it returns, so the objects themselves stand in
+            # for it: the later stage's features are added to the dict the earlier ones made,
+            # in the worker's order (tests/integration/test_parity.py holds the scores equal to
+            # the worker's).
             engine, store, scorer = self._task(i, event.get(stages[i].key_field)
                                                or event["user_id"])
-            features = engine.process(event) if engine is not None else {}
-            if upstream:
-                merged = dict(upstream)
-                merged.update(features)
-            else:
-                merged = features
+            if engine is not None:
+                features = engine.process(event)
+                if merged:
+                    merged.update(features)
+                else:
+                    merged = features
         score = self.scoring.score(scorer, merged, event)
-        if self.scoring.parks_labels:
+        if self._parked_now:
             key = _PARKED + event["event_id"].encode()
             parked = store.get(key)
             if parked is not None:  # its label overtook it: learn now that the vector exists
                 store.delete(key)
+                self._parked_now -= 1
                 self._apply_label((engine, store, scorer), parked[1])
         return score
 
@@ -322,6 +331,7 @@ class _EventPath:
                 store.put(_PARKED + str(label["event_id"]).encode(),
                           [int(label["label_time"]), label], cache=False)
                 self.scoring.parked += 1
+                self._parked_now += 1
                 return
         if engine is not None:
             engine.process_label(label)

@@ -74,13 +74,16 @@ class ModelScorer:
     models live in the task's store, so they are changelogged and restored with the partition.
     ``merchant_models=True`` (the setting of that name) learns per-merchant models in the task
     and blends them in; otherwise the global model scores alone and no per-merchant model is
-    made, stored or blended.
+    made, stored or blended. ``reasons=False`` (no reason codes) and ``evaluate=False`` (no
+    quality monitor: :attr:`monitor` is None) are for callers that use neither, the backtest:
+    the scores and what is learned are the same.
     """
 
     def __init__(self, spec: str, store: StateStore, review: float, block: float,
                  global_model: Any | None = None,
                  per_merchant: Mapping[str, tuple[float, float]] | None = None,
-                 budget: float = 0.01, merchant_models: bool = False) -> None:
+                 budget: float = 0.01, merchant_models: bool = False, reasons: bool = True,
+                 evaluate: bool = True) -> None:
         from online_models.calibration import DecisionPolicy, Thresholds
         from online_models.scorer import Scorer as _Scorer
 
@@ -89,7 +92,8 @@ class ModelScorer:
         # The per-merchant spec is online_models' default; None makes no merchant models.
         no_merchants = {} if merchant_models else {"merchant_spec": None}
         self._s = _Scorer.create(spec, kv=store, learn_global=False, write_through=False,
-                                 policy=policy, budget=budget, **no_merchants)
+                                 policy=policy, budget=budget, n_reasons=3 if reasons else 0,
+                                 evaluate=evaluate, **no_merchants)
         if global_model is not None:
             self._s.load_global(global_model)
 
@@ -98,7 +102,7 @@ class ModelScorer:
         return self._s.global_model.version
 
     @property
-    def monitor(self) -> QualityMonitor:
+    def monitor(self) -> QualityMonitor | None:
         """Quality since this task opened: in memory only (not in the store), so it starts over
         when the partition is restored."""
         return self._s.monitor
@@ -179,12 +183,14 @@ class HeuristicScorer:
 def make_scorer(model_name: str, store: StateStore, review: float, block: float,
                 global_model: Any | None = None,
                 per_merchant: Mapping[str, tuple[float, float]] | None = None,
-                budget: float = 0.01, merchant_models: bool = False) -> Scorer:
+                budget: float = 0.01, merchant_models: bool = False, reasons: bool = True,
+                evaluate: bool = True) -> Scorer:
     """The scorer for one task of the last stage (``per_merchant``: merchant -> (review,
     block) thresholds that win over the global ones; ``budget``: the review budget its quality
     monitor measures precision and recall at; ``merchant_models``: the setting of that name,
-    whether per-merchant models are learned and blended in)."""
+    whether per-merchant models are learned and blended in; ``reasons``, ``evaluate``: reason
+    codes and a quality monitor, see :class:`ModelScorer`)."""
     if model_name == "heuristic":
         return HeuristicScorer()  # its decisions come from the runtime's thresholds
     return ModelScorer(model_name, store, review, block, global_model, per_merchant, budget,
-                       merchant_models)
+                       merchant_models, reasons, evaluate)
