@@ -11,9 +11,11 @@ from libc.math cimport sqrt, log1p, isfinite
 from cpython.dict cimport PyDict_Next, PyDict_GetItem, PyDict_SetItem
 from cpython.list cimport PyList_GET_ITEM, PyList_SET_ITEM
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
+from cpython.tuple cimport PyTuple_GET_ITEM
+from cpython.float cimport PyFloat_AS_DOUBLE
 
 __all__ = ["raw", "raw_and_contributions", "contributions", "learn", "top_positive",
-           "prior_terms"]
+           "prior_terms", "prior_logit", "VectorPacker", "PackedVector"]
 
 
 cdef inline double _item(PyObject* s, Py_ssize_t i) except? -1.0:
@@ -29,9 +31,21 @@ cdef inline double _clip(double z, double clip) noexcept nogil:
     return z
 
 
+cdef extern from "Python.h":
+    ctypedef struct PyFloatObject:
+        double ob_fval
+    Py_ssize_t _refcnt "Py_REFCNT" (PyObject* o)
+    bint _float_exact "PyFloat_CheckExact" (PyObject* o)
+
+
 cdef inline void _set(object s, Py_ssize_t i, double v):
-    cdef object f = v
     cdef PyObject* old = PyList_GET_ITEM(s, i)
+    if _refcnt(old) == 1 and _float_exact(old):
+        # Only this list holds the float: give it the new value instead of replacing it by a
+        # new object (learning sets four per feature; the value is the same double).
+        (<PyFloatObject*>old).ob_fval = v
+        return
+    cdef object f = v
     Py_INCREF(f)
     PyList_SET_ITEM(s, i, f)
     Py_DECREF(<object>old)
@@ -144,6 +158,39 @@ def top_positive(dict d, Py_ssize_t k) -> list:
     return [(f, c) for c, f in best]
 
 
+def prior_logit(tuple terms, dict x, double bias, double clip) -> float:
+    """``online_models.prior.RulePrior.logit`` without building the terms: ``bias`` plus the
+    contributions :func:`prior_terms` gives, summed in their order, then clipped to
+    ``[-clip, clip]`` as ``max(-clip, min(clip, z))`` does (a NaN sum gives ``clip``)."""
+    cdef PyObject* ptr
+    cdef object value
+    cdef double v, z = bias
+    for name, weight, scaled in terms:
+        ptr = PyDict_GetItem(x, name)
+        if ptr == NULL:
+            continue
+        value = <object>ptr
+        if value is None or type(value) is bool:
+            continue
+        if type(value) is float or type(value) is int:
+            v = <double>value
+        else:
+            v = float(value)
+        if scaled:
+            if not (0.0 > v):
+                v = log1p(v)
+            else:
+                v = log1p(0.0)
+        elif not isfinite(v):
+            continue
+        z += <double>weight * v
+    if not (z < clip):
+        z = clip
+    if not (z > -clip):
+        z = -clip
+    return z
+
+
 def prior_terms(tuple terms, dict x) -> list:
     """``online_models.prior.RulePrior.terms``: ``(feature, value, weight * transformed value)``
     for each ``(feature, weight, log_scaled)`` of ``terms`` present in ``x`` (``None`` and
@@ -174,3 +221,156 @@ def prior_terms(tuple terms, dict x) -> list:
             continue
         out.append((name, value, w * v))
     return out
+
+
+# ---------------------------------------------------------------------- packed vectors
+# A scored vector waits in memory for its label, in a backtest for weeks of event time: as a
+# dict it is ~1.6 kB plus a float object per value, scattered over the heap and cold by the time
+# the label comes. Packed, it is its values as C doubles in one block, with the keys and value
+# types in a layout shared by every vector of that shape; unpacking rebuilds an equal dict (same
+# keys in the same order, values of the same types and bits).
+
+cdef extern from "Python.h":
+    object _PyDict_NewPresized(Py_ssize_t minused)
+    long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
+    object PyLong_FromLongLong(long long v)
+    object PyFloat_FromDouble(double v)
+    void* PyMem_Malloc(size_t n)
+    void PyMem_Free(void* p)
+
+# Value kinds in a layout: exactly these types; any other value leaves the vector a dict.
+DEF _FLOAT = 0
+DEF _INT = 1
+DEF _BOOL = 2
+DEF _NONE = 3
+# Integers that a double holds exactly.
+DEF _INT_LIMIT = 9007199254740992
+
+
+cdef class Layout:
+    """The keys (in order) and value kinds of packed vectors of one shape."""
+    cdef readonly tuple keys
+    cdef readonly bytes kinds
+
+    def __init__(self, tuple keys, bytes kinds):
+        self.keys = keys
+        self.kinds = kinds
+
+
+cdef class PackedVector:
+    """A vector packed by :func:`pack_vector` (in-memory only: it does not pickle)."""
+    cdef readonly Layout layout
+    cdef double* values
+
+    def __dealloc__(self):
+        PyMem_Free(self.values)
+
+    def __reduce__(self):
+        raise TypeError("a PackedVector lives in memory only; unpack it to store it")
+
+
+cdef class VectorPacker:
+    """Packs dicts of numbers (``float``, ``int`` within +-2**53, ``bool``, ``None``) keyed by
+    ``str``: :meth:`pack` returns a :class:`PackedVector`, or the dict itself when a value is of
+    another type; :meth:`unpack` returns an equal new dict (a dict is returned as it is).
+
+    >>> p = VectorPacker()
+    >>> v = {"a": 1.5, "n": 3, "f": True, "x": None}
+    >>> u = p.unpack(p.pack(v))
+    >>> u == v and list(u) == list(v) and [type(x) for x in u.values()] == [type(x) for x in v.values()]
+    True
+    >>> p.pack({"s": "text"})
+    {'s': 'text'}
+    """
+    cdef dict _layouts      # (keys, kinds) -> Layout
+    cdef Layout _last
+
+    def __init__(self):
+        self._layouts = {}
+        self._last = None
+
+    cdef Layout _layout_of(self, dict x, unsigned char* kinds, Py_ssize_t n):
+        cdef Layout last = self._last
+        cdef Py_ssize_t pos = 0, i = 0
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef const unsigned char* lk
+        if last is not None and len(last.keys) == n:
+            lk = last.kinds
+            while PyDict_Next(x, &pos, &k, &v):
+                if <object>k is not <object>PyTuple_GET_ITEM(last.keys, i) or lk[i] != kinds[i]:
+                    break
+                i += 1
+            if i == n:
+                return last
+        keys = tuple(x)
+        kb = (<char*>kinds)[:n]
+        layout = self._layouts.get((keys, kb))
+        if layout is None:
+            layout = self._layouts[(keys, kb)] = Layout(keys, kb)
+        self._last = layout
+        return layout
+
+    def pack(self, dict x):
+        cdef Py_ssize_t n = len(x), pos = 0, i = 0
+        cdef PyObject* k
+        cdef PyObject* v
+        cdef int overflow
+        cdef long long iv
+        cdef PackedVector out
+        cdef bytearray kinds = bytearray(n)
+        cdef unsigned char* kp = kinds
+        cdef double* vals = <double*>PyMem_Malloc((n if n else 1) * sizeof(double))
+        if vals == NULL:
+            raise MemoryError()
+        try:
+            while PyDict_Next(x, &pos, &k, &v):
+                if type(<object>k) is not str:
+                    return x
+                if type(<object>v) is float:
+                    kp[i] = _FLOAT
+                    vals[i] = PyFloat_AS_DOUBLE(<object>v)
+                elif type(<object>v) is int:
+                    iv = PyLong_AsLongLongAndOverflow(<object>v, &overflow)
+                    if overflow or iv > _INT_LIMIT or iv < -_INT_LIMIT:
+                        return x
+                    kp[i] = _INT
+                    vals[i] = <double>iv
+                elif type(<object>v) is bool:
+                    kp[i] = _BOOL
+                    vals[i] = 1.0 if <object>v is True else 0.0
+                elif <object>v is None:
+                    kp[i] = _NONE
+                    vals[i] = 0.0
+                else:
+                    return x
+                i += 1
+            out = PackedVector.__new__(PackedVector)
+            out.layout = self._layout_of(x, kp, n)
+            out.values = vals
+            vals = NULL
+            return out
+        finally:
+            PyMem_Free(vals)
+
+    def unpack(self, object packed):
+        if type(packed) is not PackedVector:
+            return packed
+        cdef PackedVector p = <PackedVector>packed
+        cdef tuple keys = p.layout.keys
+        cdef const unsigned char* kinds = p.layout.kinds
+        cdef Py_ssize_t n = len(keys), i
+        cdef dict out = _PyDict_NewPresized(n)
+        cdef double d
+        for i in range(n):
+            d = p.values[i]
+            if kinds[i] == _FLOAT:
+                value = PyFloat_FromDouble(d)
+            elif kinds[i] == _INT:
+                value = PyLong_FromLongLong(<long long>d)
+            elif kinds[i] == _BOOL:
+                value = d != 0.0
+            else:
+                value = None
+            PyDict_SetItem(out, <object>PyTuple_GET_ITEM(keys, i), value)
+        return out

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from features.store import DictStore
+from online_models._linear import VectorPacker
 
 __all__ = ["KeyValue", "MemoryKV", "Snapshot", "SnapshotStore", "JoinStats", "Example",
            "DAY_MS", "DEFAULT_TTL_MS", "JOINED", "UNKNOWN", "EXPIRED", "DUPLICATE"]
@@ -130,23 +131,48 @@ class JoinStats:
 
 @dataclass
 class SnapshotStore:
-    """Snapshots by event id over a :class:`KeyValue` backend (see the module docstring)."""
+    """Snapshots by event id over a :class:`KeyValue` backend (see the module docstring).
+
+    ``packed=True`` keeps the vectors of stored snapshots packed
+    (:class:`online_models._linear.VectorPacker`: their values as C doubles, a fraction of a
+    dict's memory, unpacked to an equal dict when read). For a backend that keeps objects in
+    memory as they are (:class:`MemoryKV`, the backtest's): packed vectors do not serialise.
+    """
 
     kv: KeyValue
     ttl_ms: int = DEFAULT_TTL_MS
     prefix: bytes = b"snap:"
     stats: JoinStats = field(default_factory=JoinStats)
+    packed: bool = False
+    _packer: VectorPacker | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.packed:
+            self._packer = VectorPacker()
 
     def _key(self, event_id: str) -> bytes:
         return self.prefix + event_id.encode()
 
     def put(self, snapshot: Snapshot) -> None:
-        self.kv.put(self._key(snapshot.event_id), snapshot.to_list(), cache=False)
+        v = snapshot.to_list()
+        if self._packer is not None:
+            v[3] = self._packer.pack(v[3])
+            if v[11] is not None:
+                v[11] = self._packer.pack(v[11])
+        self.kv.put(self._key(snapshot.event_id), v, cache=False)
+
+    def _snapshot(self, v: list) -> Snapshot:
+        snap = Snapshot.from_list(v)
+        if self._packer is not None:
+            snap.vector = self._packer.unpack(snap.vector)
+            if snap.challenger_vector is not None:
+                snap.challenger_vector = self._packer.unpack(snap.challenger_vector)
+        return snap
 
     def get(self, event_id: str) -> Snapshot | None:
         """The stored snapshot, without joining (``None`` if absent or already labelled)."""
         v = self.kv.get(self._key(event_id))
-        return Snapshot.from_list(v) if v is not None and len(v) > 1 else None
+        return self._snapshot(v) if v is not None and len(v) > 1 else None
 
     def take(self, event_id: str, label_time: int) -> tuple[Snapshot | None, str]:
         """Join a label: ``(snapshot, "joined")`` or ``(None, "unknown"|"expired"|"duplicate")``.
@@ -168,4 +194,4 @@ class SnapshotStore:
             return None, EXPIRED
         self.kv.put(key, [v[0]], cache=False)
         self.stats.joined += 1
-        return Snapshot.from_list(v), JOINED
+        return self._snapshot(v), JOINED

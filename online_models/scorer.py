@@ -196,7 +196,7 @@ class Scorer:
                policy: DecisionPolicy | None = None, ttl_ms: int = DEFAULT_TTL_MS,
                challenger: str | None = None, learn_global: bool = True,
                budget: float = 0.01, write_through: bool = True, n_reasons: int = 3,
-               evaluate: bool = True) -> "Scorer":
+               evaluate: bool = True, packed_snapshots: bool = False) -> "Scorer":
         """A scorer with fresh models; ``kv`` holds snapshots and per-merchant models.
 
         ``write_through=False`` keeps learned merchant models dirty in memory until
@@ -204,6 +204,8 @@ class Scorer:
         then calls :meth:`flush` in its commit protocol before changelogs and checkpoints.
         ``n_reasons=0`` scores without reason codes and ``evaluate=False`` keeps no quality
         monitor: the same scores and learning for callers that use neither (the backtest).
+        ``packed_snapshots=True`` keeps stored vectors packed (:class:`SnapshotStore`; for a
+        ``kv`` that holds objects in memory, such as :class:`MemoryKV`).
         """
         from online_models.labels import MemoryKV
 
@@ -211,7 +213,8 @@ class Scorer:
         merchants = (MerchantModels(kv, merchant_spec, blend, seed=seed,
                                     write_through=write_through)
                      if merchant_spec is not None else None)
-        return cls(GlobalModel.create(spec, seed), SnapshotStore(kv, ttl_ms), merchants, policy,
+        return cls(GlobalModel.create(spec, seed),
+                   SnapshotStore(kv, ttl_ms, packed=packed_snapshots), merchants, policy,
                    QualityMonitor(budget=budget) if evaluate else None,
                    GlobalModel.create(challenger, seed) if challenger else None, learn_global,
                    n_reasons, evaluate=evaluate)

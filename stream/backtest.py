@@ -204,11 +204,13 @@ class _Scoring:
         """The scorer of one last-stage task (``store`` is the task's store)."""
         s = self.settings
         # No reason codes and no quality monitor: the backtest records scores only and computes
-        # its own metrics (the scores are the worker's: make_scorer).
+        # its own metrics. Scored vectors wait for their labels packed: weeks of event time of
+        # them stay in memory, and as dicts they are cold (cache misses) when their labels come.
+        # The scores are the worker's (make_scorer; the store holds the same values).
         scorer = make_scorer(self.name, store, s.review_threshold, s.block_threshold,
                              self.global_model, s.merchant_threshold_map(),
                              merchant_models=self.merchant_models, reasons=False,
-                             evaluate=False)
+                             evaluate=False, packed_snapshots=True)
         if self.frozen_at is not None:
             scorer.freeze()
         self._scorers.append(scorer)

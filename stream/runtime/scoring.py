@@ -76,14 +76,16 @@ class ModelScorer:
     and blends them in; otherwise the global model scores alone and no per-merchant model is
     made, stored or blended. ``reasons=False`` (no reason codes) and ``evaluate=False`` (no
     quality monitor: :attr:`monitor` is None) are for callers that use neither, the backtest:
-    the scores and what is learned are the same.
+    the scores and what is learned are the same. ``packed_snapshots=True`` keeps the scored
+    vectors that wait for their labels packed (``online_models.labels.SnapshotStore``): only for
+    a store that keeps objects in memory as they are (the backtest's ``DictStore``).
     """
 
     def __init__(self, spec: str, store: StateStore, review: float, block: float,
                  global_model: Any | None = None,
                  per_merchant: Mapping[str, tuple[float, float]] | None = None,
                  budget: float = 0.01, merchant_models: bool = False, reasons: bool = True,
-                 evaluate: bool = True) -> None:
+                 evaluate: bool = True, packed_snapshots: bool = False) -> None:
         from online_models.calibration import DecisionPolicy, Thresholds
         from online_models.scorer import Scorer as _Scorer
 
@@ -93,7 +95,8 @@ class ModelScorer:
         no_merchants = {} if merchant_models else {"merchant_spec": None}
         self._s = _Scorer.create(spec, kv=store, learn_global=False, write_through=False,
                                  policy=policy, budget=budget, n_reasons=3 if reasons else 0,
-                                 evaluate=evaluate, **no_merchants)
+                                 evaluate=evaluate, packed_snapshots=packed_snapshots,
+                                 **no_merchants)
         if global_model is not None:
             self._s.load_global(global_model)
 
@@ -184,13 +187,13 @@ def make_scorer(model_name: str, store: StateStore, review: float, block: float,
                 global_model: Any | None = None,
                 per_merchant: Mapping[str, tuple[float, float]] | None = None,
                 budget: float = 0.01, merchant_models: bool = False, reasons: bool = True,
-                evaluate: bool = True) -> Scorer:
+                evaluate: bool = True, packed_snapshots: bool = False) -> Scorer:
     """The scorer for one task of the last stage (``per_merchant``: merchant -> (review,
     block) thresholds that win over the global ones; ``budget``: the review budget its quality
     monitor measures precision and recall at; ``merchant_models``: the setting of that name,
-    whether per-merchant models are learned and blended in; ``reasons``, ``evaluate``: reason
-    codes and a quality monitor, see :class:`ModelScorer`)."""
+    whether per-merchant models are learned and blended in; ``reasons``, ``evaluate``,
+    ``packed_snapshots``: see :class:`ModelScorer`)."""
     if model_name == "heuristic":
         return HeuristicScorer()  # its decisions come from the runtime's thresholds
     return ModelScorer(model_name, store, review, block, global_model, per_merchant, budget,
-                       merchant_models, reasons, evaluate)
+                       merchant_models, reasons, evaluate, packed_snapshots)

@@ -131,3 +131,62 @@ def test_prior_terms_match_the_python_arithmetic(x):
     assert [(n, v) for n, v, _ in got] == [(n, v) for n, v, _ in want]
     assert all(a == b or (math.isnan(a) and math.isnan(b))
                for (_, _, a), (_, _, b) in zip(got, want))
+
+
+def _python_prior_logit(prior, x):
+    z = prior.bias
+    for _, _, c in _python_prior_terms(prior._terms, x):
+        z += c
+    return max(-50.0, min(50.0, z))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["a_count_1h", "b_sum_x", "c_zscore", "d_rate", "e"]),
+                       st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6),
+                                 st.floats(allow_nan=True, allow_infinity=True)), max_size=5))
+def test_prior_logit_is_the_sum_of_the_terms(x):
+    from online_models.prior import RulePrior
+    prior = RulePrior({"a_count_1h": 0.9, "b_sum_x": 0.2, "c_zscore": 30.0, "d_rate": 4.0})
+    got, want = prior.logit(x), _python_prior_logit(prior, x)
+    assert type(got) is float
+    assert math.copysign(1.0, got) == math.copysign(1.0, want)
+    assert got == want  # NaN sums are clipped to 50, as max(-50, min(50, nan)) gives
+    assert prior.logit(x, prior.terms(x)) == got
+
+
+def test_learning_leaves_floats_held_elsewhere_alone():
+    """Learning updates a state float in place only when the state list is its sole holder."""
+    model = ScaledLogisticRegression()
+    model.learn_one({"a": 1.0, "b": 2.0}, False)
+    held = model._state["a"]
+    mean, weight = held[1], held[3]
+    before = (mean, weight)
+    for i in range(5):
+        model.learn_one({"a": float(i), "b": 1.0}, i % 2 == 0)
+    assert (mean, weight) == before and held[1] != mean
+    assert all(type(v) is float for s in model._state.values() for v in s)
+
+
+_packable = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53),
+                      st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.dictionaries(st.sampled_from([f"f{i}" for i in range(8)]),
+                                st.one_of(_packable, st.integers(), st.text(max_size=2)),
+                                max_size=8), min_size=1, max_size=5))
+def test_packed_vectors_unpack_to_equal_dicts(vectors):
+    from online_models._linear import PackedVector, VectorPacker
+    packer = VectorPacker()
+    packed = [packer.pack(v) for v in vectors]
+    for v, p in zip(vectors, packed):
+        packable = all(type(x) in (float, bool, type(None)) or
+                       (type(x) is int and -2**53 <= x <= 2**53) for x in v.values())
+        assert (type(p) is PackedVector) == packable
+        if not packable:
+            assert p is v
+            continue
+        u = packer.unpack(p)
+        assert u is not v and list(u) == list(v)
+        assert [type(x) for x in u.values()] == [type(x) for x in v.values()]
+        assert all(pickle.dumps(a) == pickle.dumps(b) for a, b in zip(u.values(), v.values()))

@@ -105,3 +105,37 @@ def test_heuristic_scorer_is_the_default_models_prior():
     assert out.score == round(1.0 / (1.0 + math.exp(-z)), 6)
     assert out.score == round(GlobalModel.create("default").model.score_one(
         GlobalModel.create("default").model.prepare_one(FEATURES)), 6)
+
+
+def test_backtest_scorers_score_and_learn_as_the_workers():
+    """Without reason codes, without a quality monitor and with packed snapshots (the
+    backtest's scorers) the scores, the joined examples and what is learned are the same."""
+    import random
+
+    from features.store import DictStore
+
+    rng = random.Random(5)
+    merchants = ["m1", "m2"]
+    full = make_scorer("default", DictStore(), 0.5, 0.9, merchant_models=True)
+    lean = make_scorer("default", DictStore(), 0.5, 0.9, merchant_models=True, reasons=False,
+                       evaluate=False, packed_snapshots=True)
+    assert lean.monitor is None and full.monitor is not None
+    pending = []
+    for i in range(1200):
+        features = {"amount": rng.uniform(1, 900), "user_txn_count_1m": rng.randint(0, 5),
+                    "user_txn_count_1h": rng.randint(0, 20), "is_night": rng.randint(0, 1),
+                    "merchant_txn_fraud_rate_30d_delay15d": rng.random() / 10,
+                    "user_txn_time_since_last": rng.choice([None, rng.uniform(0, 1e5)])}
+        event = dict(EVENT, event_id=f"e{i}", merchant_id=rng.choice(merchants),
+                     event_time=EVENT["event_time"] + i * 60_000)
+        a, b = full.score(dict(features), event), lean.score(dict(features), event)
+        assert (a.score, a.decision, a.version) == (b.score, b.decision, b.version)
+        assert b.reasons == [] and a.reasons
+        pending.append({"event_id": event["event_id"], "is_fraud": rng.random() < 0.2,
+                        "label_time": event["event_time"] + 1})
+        if i % 3:
+            label = pending.pop(0)
+            assert full.learn(label) == lean.learn(label)
+    # Enough labels that the per-merchant models are trusted, and they learned the same.
+    trusted = full._s.merchants.score("m1", {"amount": 50.0}, 0.0)
+    assert trusted is not None and trusted == lean._s.merchants.score("m1", {"amount": 50.0}, 0.0)
