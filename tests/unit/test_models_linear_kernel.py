@@ -120,10 +120,14 @@ def _python_prior_terms(terms, x):
     return out
 
 
+_prior_input = st.dictionaries(
+    st.sampled_from(["a_count_1h", "b_sum_x", "c_zscore", "d_rate", "e"]),
+    st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6),
+              st.floats(allow_nan=True, allow_infinity=True)), max_size=5)
+
+
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.sampled_from(["a_count_1h", "b_sum_x", "c_zscore", "d_rate", "e"]),
-                       st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6),
-                                 st.floats(allow_nan=True, allow_infinity=True)), max_size=5))
+@given(_prior_input)
 def test_prior_terms_match_the_python_arithmetic(x):
     from online_models.prior import RulePrior
     prior = RulePrior({"a_count_1h": 0.9, "b_sum_x": 0.2, "c_zscore": 0.35, "d_rate": 4.0})
@@ -141,9 +145,7 @@ def _python_prior_logit(prior, x):
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.dictionaries(st.sampled_from(["a_count_1h", "b_sum_x", "c_zscore", "d_rate", "e"]),
-                       st.one_of(st.none(), st.booleans(), st.integers(-10, 10**6),
-                                 st.floats(allow_nan=True, allow_infinity=True)), max_size=5))
+@given(_prior_input)
 def test_prior_logit_is_the_sum_of_the_terms(x):
     from online_models.prior import RulePrior
     prior = RulePrior({"a_count_1h": 0.9, "b_sum_x": 0.2, "c_zscore": 30.0, "d_rate": 4.0})
