@@ -419,6 +419,11 @@ def run_backtest(opts: BacktestOptions, settings: Settings | None = None,
         if on_progress is not None:
             on_progress(total, total, item_times[-1] if total else 0)
     finally:
+        # What the run made joins the oldest generation untraversed (freeze, then unfreeze),
+        # like everything loaded before it: enabled with all of it young, the collector would
+        # traverse it at once on the next allocation.
+        gc.freeze()
+        gc.unfreeze()
         if gc_was_enabled:
             gc.enable()
     run_seconds = time.perf_counter() - run_started
