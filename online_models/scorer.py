@@ -5,7 +5,7 @@ Per event, :meth:`Scorer.score` (predict, never learn):
 1. take the current :class:`GlobalModel` reference once (a concurrent :meth:`Scorer.load_global`
    swaps the reference and cannot change a score call in progress);
 2. ``v = model.prepare_one(x)``: the vector scored and later learned from;
-3. raw global score and the top reason codes in one pass;
+3. raw global score and the top reason codes in one pass (the score alone with ``n_reasons=0``);
 4. calibrate it (or not: :func:`online_models.calibration.calibrator_for`); if the merchant's
    model is trusted, apply its correction to the global log-odds, weighted by the labels behind
    it (:class:`online_models.merchant.BlendRule`);
@@ -15,12 +15,13 @@ Per event, :meth:`Scorer.score` (predict, never learn):
    :class:`ScoreRecord`.
 
 Per label, :meth:`Scorer.learn` joins the stored snapshot (counting unknown, expired and duplicate
-labels) and, in this order: updates the quality monitor with the scores *as they were stored*
-(progressive validation), learns the merchant model (when ``learn_merchants``), the
-challenger and (when ``learn_global``) the global model and its calibrator, all from the stored
-vectors (the merchant model with the global log-odds the event was scored with as its offset).
-It returns a :class:`LearnOutcome` whose ``example`` is what a worker sends to the
-trainer when the global model is learned elsewhere (``learn_global=False``); the trainer calls
+labels) and, in this order: updates the quality monitor, if it has one, with the scores *as
+they were stored* (progressive validation), learns the merchant model (when
+``learn_merchants``), the challenger and (when ``learn_global``) the global model and its
+calibrator, all from the stored vectors (the merchant model with the global log-odds the
+event was scored with as its offset). It returns a :class:`LearnOutcome` whose ``example`` is
+what a worker sends to the trainer when the global model is learned elsewhere
+(``learn_global=False``); the trainer calls
 :meth:`GlobalModel.learn` with it. The streaming worker and the backtest both call exactly these two
 methods (the backtest through :func:`online_models.replay.replay`), so predict-then-learn order is
 the same in both.
