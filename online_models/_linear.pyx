@@ -5,6 +5,10 @@ They work on the model's own state (``{feature: [count, mean, m2, weight, 1/std]
 lists of floats, so pickles and snapshots are unchanged) and do exactly the arithmetic of the
 Python they replace, in the same order, so scores are the same bits. Values must be numbers
 (``int``, ``float`` or ``bool``) or ``None`` (missing).
+
+Also compiled here: the prior's terms and log-odds (:class:`online_models.prior.RulePrior`), and
+:class:`VectorPacker`, which keeps scored vectors that wait for their labels as C doubles
+(:class:`online_models.labels.SnapshotStore` with ``packed=True``, the backtest's).
 """
 
 from libc.math cimport sqrt, log1p, isfinite
@@ -226,12 +230,13 @@ cdef extern from "Python.h":
     void PyMem_Free(void* p)
 
 # Value kinds in a layout: exactly these types; any other value leaves the vector a dict.
-DEF _FLOAT = 0
-DEF _INT = 1
-DEF _BOOL = 2
-DEF _NONE = 3
+cdef enum:
+    _FLOAT = 0
+    _INT = 1
+    _BOOL = 2
+    _NONE = 3
 # Integers that a double holds exactly.
-DEF _INT_LIMIT = 9007199254740992
+cdef long long _INT_LIMIT = 9007199254740992
 
 
 cdef class Layout:
