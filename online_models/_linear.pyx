@@ -222,7 +222,6 @@ def prior_terms(tuple terms, dict x) -> list:
 # keys in the same order, values of the same types and bits).
 
 cdef extern from "Python.h":
-    object _PyDict_NewPresized(Py_ssize_t minused)
     long long PyLong_AsLongLongAndOverflow(object obj, int* overflow) except? -1
     object PyLong_FromLongLong(long long v)
     object PyFloat_FromDouble(double v)
@@ -354,7 +353,7 @@ cdef class VectorPacker:
         cdef tuple keys = p.layout.keys
         cdef const unsigned char* kinds = p.layout.kinds
         cdef Py_ssize_t n = len(keys), i
-        cdef dict out = _PyDict_NewPresized(n)
+        cdef dict out = {}
         cdef double d
         for i in range(n):
             d = p.values[i]
