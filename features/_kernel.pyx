@@ -31,7 +31,7 @@ cimport cython
 from libc.stdlib cimport malloc, realloc, free, qsort
 from libc.string cimport memcpy, memmove, memset
 from libc.math cimport sqrt, INFINITY, NAN, isnan
-from libc.stdint cimport uint64_t, int64_t, uint32_t, uint8_t, int32_t
+from libc.stdint cimport uint64_t, int64_t, uint32_t, uint16_t, uint8_t, int32_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.ref cimport PyObject
@@ -43,7 +43,8 @@ from features.exceptions import FeatureConfigError, FeatureError
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
 
-__all__ = ["State", "GroupKernel", "hash_value", "sampled", "FORMAT", "AGG_CODES"]
+__all__ = ["State", "GroupKernel", "hash_value", "sampled", "FORMAT", "AGG_CODES",
+           "INDEX_FORMAT", "index_entry", "decode_index"]
 
 #: First byte of an encoded :class:`State` (``features.store`` dispatches on it).
 FORMAT = 2
@@ -1278,19 +1279,135 @@ cdef bytes _key(bytes prefix, tuple entity, dict vals):
     return prefix + "\x1f".join(parts).encode()
 
 
+#: First byte of an encoded label-index entry (see :func:`index_entry`).
+INDEX_FORMAT = 3
+cdef enum:
+    _IX_FORMAT = 3
+    # The label byte: no label yet, or the verdict.
+    _IX_NONE = 0
+    _IX_LEGIT = 1
+    _IX_FRAUD = 2
+    _IX_HEAD = 10       # format byte, event time (big-endian int64), label byte
+    _IX_PAIR = 6        # per entity: group index (uint16), key length (uint32), then the key
+
+
+cdef inline void _put_head(char* w, int64_t t, uint8_t label) noexcept nogil:
+    cdef uint64_t u = <uint64_t>t
+    cdef int j
+    w[0] = <char>_IX_FORMAT
+    for j in range(8):  # big-endian, like the ``>Bq`` header of the other stored values
+        w[8 - j] = <char>(u & 0xff)
+        u >>= 8
+    w[9] = <char>label
+
+
+cdef inline char* _put_pair(char* w, int gi, const char* key, Py_ssize_t n) noexcept nogil:
+    cdef uint16_t g = <uint16_t>gi
+    cdef uint32_t m = <uint32_t>n
+    memcpy(w, &g, 2)
+    memcpy(w + 2, &m, 4)
+    memcpy(w + _IX_PAIR, key, n)
+    return w + _IX_PAIR + n
+
+
+def index_entry(int64_t t, pairs, label) -> bytes:
+    """The stored form of a label-index entry: the event's time, the ``(group, entity key)``
+    pairs of the label-aware states it was folded into, and its label (``None``, ``False``,
+    ``True``). :meth:`Groups.process` builds the same bytes without the pairs as objects.
+
+    Layout (``INDEX_FORMAT`` 3)::
+
+        byte 0      3
+        bytes 1-8   event time, epoch ms, big-endian int64 (as in every stored value's header)
+        byte 9      label: 0 none, 1 not fraud, 2 fraud
+        then per pair: group index (uint16), key length (uint32), key bytes (little-endian)
+
+    >>> blob = index_entry(1_767_225_600_000, [(0, b"us.ab/u1"), (2, b"me.cd/m1")], True)
+    >>> decode_index(blob)
+    [1767225600000, [(0, b'us.ab/u1'), (2, b'me.cd/m1')], True]
+    """
+    cdef Py_ssize_t size = _IX_HEAD
+    cdef bytes key, out
+    cdef char* w
+    cdef list items = [(int(g), <bytes?>k) for g, k in pairs]
+    for g, key in items:
+        if not 0 <= g < 65536:
+            raise FeatureError(f"label index group {g} out of range")
+        size += _IX_PAIR + PyBytes_GET_SIZE(key)
+    out = PyBytes_FromStringAndSize(NULL, size)
+    w = PyBytes_AS_STRING(out)
+    _put_head(w, t, _IX_NONE if label is None else (_IX_FRAUD if label else _IX_LEGIT))
+    w += _IX_HEAD
+    for g, key in items:
+        w = _put_pair(w, g, PyBytes_AS_STRING(key), PyBytes_GET_SIZE(key))
+    return out
+
+
+def decode_index(data) -> list:
+    """``[event time, [(group, entity key), ...], label]`` of an :func:`index_entry`."""
+    cdef const uint8_t[:] v = data
+    cdef Py_ssize_t n = v.shape[0], pos = _IX_HEAD, m
+    cdef uint64_t u = 0
+    cdef uint16_t g
+    cdef uint32_t k
+    cdef int j
+    cdef list pairs = []
+    if n < _IX_HEAD or v[0] != _IX_FORMAT or v[9] > _IX_FRAUD:
+        raise FeatureError(f"corrupt label index entry ({n} bytes)")
+    for j in range(1, 9):
+        u = (u << 8) | v[j]
+    while pos < n:
+        if n - pos < _IX_PAIR:
+            raise FeatureError(f"corrupt label index entry ({n} bytes)")
+        memcpy(&g, &v[pos], 2)
+        memcpy(&k, &v[pos + 2], 4)
+        pos += _IX_PAIR
+        m = k
+        if m > n - pos:
+            raise FeatureError(f"corrupt label index entry ({n} bytes)")
+        pairs.append((g, bytes(v[pos:pos + m])))
+        pos += m
+    label = None if v[9] == _IX_NONE else v[9] == _IX_FRAUD
+    return [<int64_t>u, pairs, label]
+
+
 cdef class Groups:
     """The engine's per-event loop over its entity groups, with the state store's ``get`` and
     ``put`` (the store stays a Python object: memory, RocksDB behind a cache, or a dict)."""
     cdef list kernels, prefixes, entities
-    cdef list label_idx           # per group: its index when it has label rings, else None
+    cdef int* label_idx           # per group: its index when it has label rings, else -1
+    cdef int n
     cdef int64_t ttl
     cdef object get, put, touch
     cdef bint live
+    cdef bytes index_prefix
+    cdef char* buf                # the label-index entry being built (grows, kept)
+    cdef Py_ssize_t cap
+    #: Whether the last :meth:`process` was late for any group.
+    cdef public bint late
+
+    def __cinit__(self):
+        self.label_idx = NULL
+        self.buf = NULL
+        self.cap = 0
+
+    def __dealloc__(self):
+        free(self.label_idx)
+        free(self.buf)
 
     def __init__(self, kernels: list, prefixes: list, entities: list, label_idx: list,
-                 int64_t ttl_ms, get, put, touch=None, bint live=False):
+                 int64_t ttl_ms, get, put, touch=None, bint live=False,
+                 bytes index_prefix=b""):
         self.kernels, self.prefixes, self.entities = list(kernels), list(prefixes), list(entities)
-        self.label_idx = list(label_idx)
+        self.n = len(self.kernels)
+        free(self.label_idx)
+        self.label_idx = <int*>malloc(max(self.n, 1) * sizeof(int))
+        if self.label_idx == NULL:
+            raise MemoryError()
+        for i, g in enumerate(label_idx):
+            if g is not None and not 0 <= g < 65536:
+                raise FeatureConfigError(f"label-aware group index {g} out of range")
+            self.label_idx[i] = -1 if g is None else g
         self.ttl = ttl_ms
         # ``touch(key)``: the store's "the object get() returned has changed" (cheaper than a
         # put of the same object), called only while the state's ``dirty`` flag is clear (the
@@ -1299,17 +1416,36 @@ cdef class Groups:
         # ``live``: the store hands out its objects themselves (an in-memory dict), so a state
         # changed in place needs neither a put nor a touch.
         self.live = live
+        self.index_prefix = index_prefix
 
-    def process(self, dict vals, int64_t t, dict out, list index) -> bool:
+    cdef int _room(self, Py_ssize_t want) except -1:
+        cdef char* b
+        if want <= self.cap:
+            return 0
+        want = max(want, 2 * self.cap, 256)
+        b = <char*>realloc(self.buf, want)
+        if b == NULL:
+            PyErr_NoMemory()
+            return -1
+        self.buf, self.cap = b, want
+        return 0
+
+    def process(self, dict vals, int64_t t, dict out, bint index):
         """Fold the event into every group's entity state and write the features into ``out``;
-        append ``(group, key)`` to ``index`` (if given) for each label-aware state folded into.
-        Returns whether the event was late for any group."""
-        cdef int i, r
+        sets :attr:`late` when the event was late for any group.
+
+        With ``index``, returns the event's label-index entry, ``(index_prefix + event id,``
+        :func:`index_entry` ``bytes)``, when the event has an id and was folded into any
+        label-aware state; else ``None``."""
+        cdef int i, r, gi
         cdef bint late = False, fresh
-        cdef bytes key
-        cdef object st
+        cdef bytes key, ikey
+        cdef object st, eid
         cdef GroupKernel g
-        for i in range(len(self.kernels)):
+        cdef Py_ssize_t used = _IX_HEAD, n
+        cdef const char* s
+        cdef PyObject* ptr
+        for i in range(self.n):
             key = _key(<bytes>self.prefixes[i], <tuple>self.entities[i], vals)
             if key is None:
                 continue
@@ -1330,11 +1466,30 @@ cdef class Groups:
                     # costs the store one dirty-set insertion per write, not one per event.
                     (<State>st).dirty = True
                     self.touch(key)
-                if index is not None and self.label_idx[i] is not None:
-                    index.append((self.label_idx[i], key))
+                gi = self.label_idx[i]
+                if index and gi >= 0:
+                    n = PyBytes_GET_SIZE(key)
+                    self._room(used + _IX_PAIR + n)
+                    _put_pair(self.buf + used, gi, PyBytes_AS_STRING(key), n)
+                    used += _IX_PAIR + n
             elif r == 2:
                 late = True
-        return late
+        self.late = late
+        if used == _IX_HEAD:
+            return None
+        ptr = PyDict_GetItem(vals, "event_id")
+        if ptr == NULL or <object>ptr is None:
+            return None
+        eid = <object>ptr
+        if type(eid) is not str:
+            eid = str(eid)
+        s = PyUnicode_AsUTF8AndSize(eid, &n)
+        ikey = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(self.index_prefix) + n)
+        memcpy(PyBytes_AS_STRING(ikey), PyBytes_AS_STRING(self.index_prefix),
+               PyBytes_GET_SIZE(self.index_prefix))
+        memcpy(PyBytes_AS_STRING(ikey) + PyBytes_GET_SIZE(self.index_prefix), s, n)
+        _put_head(self.buf, t, _IX_NONE)
+        return ikey, PyBytes_FromStringAndSize(self.buf, used)
 
 
 def extract(dict event, tuple fields, tuple numeric, tuple keyed):

@@ -27,13 +27,15 @@ from typing import Any, Callable, Iterable
 from features.definitions import (EVENT_AGGREGATIONS, LABEL_AGGREGATIONS, VALUE_AGGREGATIONS,
                                   Feature, FeatureSet)
 from features.exceptions import FeatureError
-from features._kernel import GroupKernel, Groups
+from features._kernel import GroupKernel, Groups, decode_index, index_entry
 from features._kernel import extract as _extract
 from features.store import DictStore, StateStore
 
 __all__ = ["FeatureEngine", "EngineStats", "INDEX_PREFIX"]
 
-#: Key prefix of the label index (event id -> event time and the entity keys it was folded into).
+#: Key prefix of the label index (event id -> event time, the entity keys it was folded into and
+#: its label). The value is stored as bytes (``features._kernel.index_entry``, format 3), built
+#: by the compiled loop; entries written before (format 1: ``[t, pairs, label]``) are still read.
 INDEX_PREFIX = b"\x00ix/"
 _DAY_MS = 86_400_000
 _HOUR_MS = 3_600_000
@@ -168,7 +170,7 @@ class FeatureEngine:
                             [g.index if g.label_rings else None for g in self._groups],
                             self._ttl, self.store.get, self.store.put,
                             getattr(self.store, "touch", None),
-                            getattr(self.store, "live", False) is True)
+                            getattr(self.store, "live", False) is True, INDEX_PREFIX)
         self._fields = tuple(sorted(fields))
         self._numeric = tuple(sorted({name for g in groups.values() for ring in g.rings
                                       for name in ring[3]}))
@@ -196,14 +198,12 @@ class FeatureEngine:
         out = dict(self._template)
         for name, read in self._event_readers:
             out[name] = read(None, None, vals)
-        index: list | None = [] if self._labels else None
-        late = self._loop.process(vals, t, out, index)
-        if late:
+        loop = self._loop
+        entry = loop.process(vals, t, out, self._labels)
+        if loop.late:
             self.stats.late += 1
-        if index:
-            eid = vals["event_id"]
-            if eid is not None:
-                self.store.put(INDEX_PREFIX + str(eid).encode(), [t, index, None], cache=False)
+        if entry is not None:  # (key, encoded value): stored as it is
+            self.store.put(entry[0], entry[1], cache=False)
         return out
 
     def _extract(self, event: Any) -> dict[str, Any]:
@@ -237,7 +237,8 @@ class FeatureEngine:
         if entry is None:
             self.stats.labels_unmatched += 1
             return False
-        event_t, pairs, prev = entry
+        # Bytes as written by the engine; a list when written before format 3 (or decoded so).
+        event_t, pairs, prev = decode_index(entry) if type(entry) is bytes else entry
         label_time = get("label_time")
         if type(label_time) is int and label_time - event_t > self._ttl:
             self.stats.labels_unmatched += 1
@@ -253,7 +254,7 @@ class FeatureEngine:
                 continue  # the entity expired since (a later life must not see this label)
             g.kernel.fold_label(st, event_t, labeled, fraud)
             self.store.put(key, st)
-        self.store.put(ikey, [event_t, pairs, verdict], cache=False)
+        self.store.put(ikey, index_entry(event_t, pairs, verdict), cache=False)
         self.stats.labels_applied += 1
         return True
 

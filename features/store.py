@@ -23,6 +23,7 @@ import struct
 from typing import Any, Iterator, Protocol, runtime_checkable
 
 from features._kernel import FORMAT as _KERNEL_FORMAT
+from features._kernel import INDEX_FORMAT as _INDEX_FORMAT
 from features._kernel import State as _State
 from features._kernel import decode_state as _decode_state
 from features.exceptions import FeatureError
@@ -32,6 +33,7 @@ __all__ = ["StateStore", "DictStore", "encode", "decode", "entry_time", "FORMAT_
 #: First byte of every encoded value; bump when the state layout changes incompatibly.
 FORMAT_VERSION = 1
 _HEADER = struct.Struct(">Bq")
+_INDEX_BYTE = bytes([_INDEX_FORMAT])
 # marshal format 4 has been stable since Python 3.4; state is local and never crosses trust lines.
 _MARSHAL_VERSION = 4
 
@@ -83,7 +85,8 @@ class DictStore:
 
     def expire(self, before_ms: int) -> int:
         """Delete entries whose event time (first element) is older than ``before_ms``."""
-        old = [k for k, v in self.data.items() if v[0] < before_ms]
+        old = [k for k, v in self.data.items()
+               if (entry_time(v) if type(v) is bytes else v[0]) < before_ms]
         for k in old:
             del self.data[k]
         return len(old)
@@ -97,25 +100,31 @@ class DictStore:
 
 def encode(value: Any) -> bytes:
     """Serialise an entity's feature state (:class:`features._kernel.State`, format 2) or any
-    other stored list (label index entries, scorer snapshots; format 1, marshal): version byte,
-    event time, payload."""
+    other stored list (scorer snapshots, label index entries of earlier versions; format 1,
+    marshal): version byte, event time, payload. A label index entry is built encoded
+    (``features._kernel.index_entry``, format 3): ``bytes`` of that format are stored as they are.
+    """
     if type(value) is _State:
         return value.encode()
+    if type(value) is bytes and value[:1] == _INDEX_BYTE:
+        return value
     return _HEADER.pack(FORMAT_VERSION, value[0]) + marshal.dumps(value, _MARSHAL_VERSION)
 
 
 def decode(data: bytes | memoryview) -> Any:
-    """Inverse of :func:`encode`."""
+    """Inverse of :func:`encode` (a format-3 label index entry stays ``bytes``)."""
     fmt = data[0] if data else None
     if fmt == FORMAT_VERSION:
         return marshal.loads(memoryview(data)[_HEADER.size:])
+    if fmt == _INDEX_FORMAT:
+        return bytes(data)
     if fmt == _KERNEL_FORMAT:
         try:
             return _decode_state(data)
         except ValueError as exc:
             raise FeatureError(f"corrupt feature state: {exc}") from None
-    raise FeatureError(f"state value has format {fmt!r}, expected {FORMAT_VERSION} or "
-                       f"{_KERNEL_FORMAT}")
+    raise FeatureError(f"state value has format {fmt!r}, expected {FORMAT_VERSION}, "
+                       f"{_KERNEL_FORMAT} or {_INDEX_FORMAT}")
 
 
 def entry_time(data: bytes | memoryview) -> int:
