@@ -7,9 +7,9 @@ import random
 import pytest
 
 from features.definitions import Feature, FeatureSet
-from features.engine import FeatureEngine
+from features.engine import INDEX_PREFIX, FeatureEngine
 from features.exceptions import FeatureConfigError, FeatureError
-from features._kernel import State, sampled
+from features._kernel import decode_index, index_entry, sampled
 from features.store import DictStore, decode, encode
 from features.default import default_feature_set
 from stream.state import CachedStore, MemoryBackend, RocksBackend, open_store
@@ -211,6 +211,79 @@ def test_flushes_between_events_lose_no_change(capacity):
     stored = dict(raw.items())
     assert stored.keys() == plain.store.data.keys()
     for key, value in plain.store.data.items():
-        # Feature states encode canonically; label index entries (marshal) compare decoded.
-        assert stored[key] == encode(value) if type(value) is State else \
-            decode(stored[key]) == value
+        # Feature states encode canonically; label index entries are stored as built.
+        assert stored[key] == encode(value)
+
+
+def _label_fs():
+    return FeatureSet([Feature("fraud_count", entity="merchant_id", window="7d"),
+                       Feature("fraud_rate", entity="user_id", window="7d"),
+                       Feature("count", entity="card_id", window="1h")])
+
+
+def test_label_index_entry_is_built_encoded(store):
+    engine = FeatureEngine(_label_fs(), store)
+    engine.process(_ev(1, 5_000, card_id="c1"))
+    engine.process({**_ev(2, 6_000, user="u2"), "event_id": 2})      # an int id: keyed str(id)
+    engine.process({**_ev(3, 7_000), "event_id": None})               # no id: no entry
+    store.flush()
+    raw = store.get(INDEX_PREFIX + b"e1")
+    t, pairs, label = decode_index(raw)
+    # Only the label-aware groups (user, merchant), not the card's count.
+    assert (t, label) == (5_000, None) and sorted(key[:2] for _, key in pairs) == [b"me", b"us"]
+    assert raw == index_entry(5_000, pairs, None)
+    assert engine.process_label({"event_id": "e1", "is_fraud": True})
+    assert store.get(INDEX_PREFIX + b"e1") == index_entry(5_000, pairs, True)
+    assert engine.process_label({"event_id": 2, "is_fraud": True})
+    assert not engine.process_label({"event_id": "e3", "is_fraud": True})
+    assert engine.process(_ev(4, 8_000))["merchant_fraud_count_7d"] == 2
+
+
+def test_label_index_entries_of_the_previous_format_are_still_read(tmp_path):
+    """Entries written before format 3 (a marshal list ``[t, [(group, key), ...], label]``,
+    format 1) are read after a restart; a relabel rewrites them in format 3."""
+    events = [_ev(i, i * 60_000, user=f"u{i % 3}", merchant=f"m{i % 2}") for i in range(12)]
+    labels = [{"event_id": f"e{i}", "is_fraud": i % 3 == 0} for i in range(0, 12, 2)]
+    results = []
+    for legacy in (False, True):
+        store = open_store("rocksdb", tmp_path / str(legacy), cache_entries=4, batch_size=3)
+        engine = FeatureEngine(_label_fs(), store)
+        for e in events:
+            engine.process(e)
+        store.flush()
+        if legacy:  # what the previous version wrote for the same events
+            old = {key: encode(decode_index(raw)) for key, raw in store.backend.items()
+                   if key.startswith(INDEX_PREFIX)}
+            assert old and all(raw[0] == 1 for raw in old.values())
+            store.backend.write(old)
+        store.close()
+        store = open_store("rocksdb", tmp_path / str(legacy), cache_entries=4, batch_size=3)
+        engine = FeatureEngine(_label_fs(), store)
+        applied = [engine.process_label(label) for label in labels]
+        applied.append(engine.process_label(labels[0]))     # a repeat changes nothing
+        out = engine.process(_ev(99, 13 * 60_000, merchant="m0"))
+        store.flush()
+        index = {k: raw for k, raw in store.backend.items() if k.startswith(INDEX_PREFIX)}
+        # The labelled entries, rewritten in format 3 (the others stay as they were).
+        results.append((applied, out, {k: raw for k, raw in index.items()
+                                       if raw[0] == 3 and decode_index(raw)[2] is not None}))
+        store.close()
+    assert results[0] == results[1]
+    assert results[0][0] == [True] * 6 + [False] and results[0][1]["merchant_fraud_count_7d"] == 2
+
+
+def test_a_corrupt_label_index_entry_is_a_feature_error():
+    engine = FeatureEngine(_label_fs())
+    engine.process(_ev(1, 0))
+    key = INDEX_PREFIX + b"e1"
+    engine.store.data[key] = engine.store.data[key][:-1]
+    with pytest.raises(FeatureError, match="label index"):
+        engine.process_label({"event_id": "e1", "is_fraud": True})
+
+
+def test_dict_store_expires_label_index_entries_by_event_time():
+    engine = FeatureEngine(_label_fs())
+    engine.process(_ev(1, 0))
+    engine.process(_ev(2, D, user="u2", merchant="m2", card_id="c2"))
+    assert engine.store.expire(1) == 3                  # e1's entry, its user and merchant
+    assert {k[:4] for k in engine.store.data} == {INDEX_PREFIX, b"user", b"merc", b"card"}

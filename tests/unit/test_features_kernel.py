@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from features._kernel import hash_value
+from features._kernel import INDEX_FORMAT, decode_index, hash_value, index_entry
 from features.definitions import Feature, FeatureSet
 from features.engine import FeatureEngine
 from features.exceptions import FeatureError
@@ -46,7 +46,9 @@ def test_encoded_state_round_trips_to_identical_features():
             label = {"event_id": e["event_id"], "is_fraud": i % 100 == 0}
             assert live.process_label(label) == cold.process_label(label)
     # Entity states (format 2) encode canonically: equal states give equal bytes, whatever
-    # their history in memory (the label index entries are marshal lists, format 1).
+    # their history in memory; so do label index entries (format 3, stored as built).
+    index = {k: raw for k, raw in cold.store.data.items() if raw[0] == INDEX_FORMAT}
+    assert len(index) == len(events) and index == {k: live.store.data[k] for k in index}
     states = {k: raw for k, raw in cold.store.data.items() if raw[0] == 2}
     assert len(states) > 20
     for key, raw in states.items():
@@ -120,3 +122,22 @@ def test_layouts_the_encoding_cannot_hold_are_config_errors():
     many_windows = [Feature("count", entity="user_id", window=f"{m}m") for m in range(1, 257)]
     with pytest.raises(FeatureConfigError, match="at most 255 distinct windows"):
         FeatureEngine(FeatureSet(many_windows))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 65535), st.binary(max_size=40)), max_size=5),
+       st.integers(-2**63, 2**63 - 1), st.sampled_from([None, False, True]), st.data())
+def test_label_index_entry_round_trips_and_damage_never_crashes(pairs, t, label, data):
+    raw = index_entry(t, pairs, label)
+    assert decode_index(raw) == [t, pairs, label] and entry_time(raw) == t
+    assert decode(encode(raw)) == raw                   # the store keeps it as it is
+    bad = bytearray(raw)
+    if data.draw(st.booleans()):
+        del bad[data.draw(st.integers(0, len(bad) - 1)):]
+    else:
+        bad[data.draw(st.integers(0, len(bad) - 1))] = data.draw(st.integers(0, 255))
+    try:
+        t2, pairs2, _ = decode_index(bytes(bad))
+    except FeatureError:
+        return
+    assert type(t2) is int and all(type(k) is bytes for _, k in pairs2)
