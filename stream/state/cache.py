@@ -160,9 +160,11 @@ class CachedStore:
             return
         pending = self._pending
         self._pending = {}
-        puts = {k: v for k, v in pending.items() if v is not None}
-        deletes = [k for k, v in pending.items() if v is None]
-        self.backend.write(puts, deletes)
+        if None in pending.values():
+            puts = {k: v for k, v in pending.items() if v is not None}
+            self.backend.write(puts, [k for k, v in pending.items() if v is None])
+        else:  # the usual batch (label-index entries, evictions): no copy
+            self.backend.write(pending)
         self._changes.update(pending)
 
     def flush(self) -> dict[bytes, bytes | None]:
