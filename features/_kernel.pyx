@@ -1371,6 +1371,9 @@ def decode_index(data) -> list:
     return [<int64_t>u, pairs, label]
 
 
+cdef tuple _EVENT_ID = ("event_id",)
+
+
 cdef class Groups:
     """The engine's per-event loop over its entity groups, with the state store's ``get`` and
     ``put`` (the store stays a Python object: memory, RocksDB behind a cache, or a dict)."""
@@ -1440,11 +1443,9 @@ cdef class Groups:
         cdef int i, r, gi
         cdef bint late = False, fresh
         cdef bytes key, ikey
-        cdef object st, eid
+        cdef object st
         cdef GroupKernel g
         cdef Py_ssize_t used = _IX_HEAD, n
-        cdef const char* s
-        cdef PyObject* ptr
         for i in range(self.n):
             key = _key(<bytes>self.prefixes[i], <tuple>self.entities[i], vals)
             if key is None:
@@ -1477,17 +1478,9 @@ cdef class Groups:
         self.late = late
         if used == _IX_HEAD:
             return None
-        ptr = PyDict_GetItem(vals, "event_id")
-        if ptr == NULL or <object>ptr is None:
+        ikey = _key(self.index_prefix, _EVENT_ID, vals)
+        if ikey is None:
             return None
-        eid = <object>ptr
-        if type(eid) is not str:
-            eid = str(eid)
-        s = PyUnicode_AsUTF8AndSize(eid, &n)
-        ikey = PyBytes_FromStringAndSize(NULL, PyBytes_GET_SIZE(self.index_prefix) + n)
-        memcpy(PyBytes_AS_STRING(ikey), PyBytes_AS_STRING(self.index_prefix),
-               PyBytes_GET_SIZE(self.index_prefix))
-        memcpy(PyBytes_AS_STRING(ikey) + PyBytes_GET_SIZE(self.index_prefix), s, n)
         _put_head(self.buf, t, _IX_NONE)
         return ikey, PyBytes_FromStringAndSize(self.buf, used)
 
