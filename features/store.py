@@ -33,7 +33,6 @@ __all__ = ["StateStore", "DictStore", "encode", "decode", "entry_time", "FORMAT_
 #: First byte of every encoded value; bump when the state layout changes incompatibly.
 FORMAT_VERSION = 1
 _HEADER = struct.Struct(">Bq")
-_INDEX_BYTE = bytes([_INDEX_FORMAT])
 # marshal format 4 has been stable since Python 3.4; state is local and never crosses trust lines.
 _MARSHAL_VERSION = 4
 
@@ -106,7 +105,7 @@ def encode(value: Any) -> bytes:
     """
     if type(value) is _State:
         return value.encode()
-    if type(value) is bytes and value[:1] == _INDEX_BYTE:
+    if type(value) is bytes and value and value[0] == _INDEX_FORMAT:
         return value
     return _HEADER.pack(FORMAT_VERSION, value[0]) + marshal.dumps(value, _MARSHAL_VERSION)
 

@@ -83,8 +83,6 @@ EXCLUDE: tuple[str, ...] = ("merchant_txn_fraud_",)
 _FORMAT = 2
 
 
-
-
 @dataclass(frozen=True)
 class BlendRule:
     """``w = n / (n + half_trust)`` once ``n >= min_labels``, else 0 (see the module docstring)."""

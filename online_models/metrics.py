@@ -17,9 +17,10 @@ monitor per partition and exports their union).
 
 Cumulative log loss is a running mean of the per-label loss the drift detector also sees
 (probabilities clamped to [1e-15, 1 - 1e-15], as river's ``LogLoss``); label delays keep a
-running mean and maximum and the latest 10,000 delays for the median and 95th percentile. Drift: ``river.drift.ADWIN`` watches each model's per-label log loss;
-when it fires, :meth:`QualityMonitor.update` returns a :class:`DriftRecord` for the I/O layer to
-publish, and counts it.
+running mean and maximum and the latest 10,000 delays for the median and 95th percentile.
+Drift: ``river.drift.ADWIN`` watches each model's per-label log loss; when it fires,
+:meth:`QualityMonitor.update` returns a :class:`DriftRecord` for the I/O layer to publish, and
+counts it.
 
 >>> roc_auc([0.9, 0.8, 0.7, 0.6], [True, False, True, False])
 0.75

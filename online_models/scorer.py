@@ -84,23 +84,9 @@ class GlobalModel:
     def create(cls, spec: str = "default", seed: int = 42) -> "GlobalModel":
         return cls(build(spec, seed))
 
-    # (n_learned, label) of the last default label built: scoring reads the version per event.
-    _auto: tuple[int, str] | None = None
-
     @property
     def version(self) -> str:
-        if self._version:
-            return self._version
-        auto = self._auto
-        if auto is None or auto[0] != self.n_learned:
-            auto = self._auto = (self.n_learned, f"{self.model.version}.{self.n_learned}")
-        return auto[1]
-
-    def __getstate__(self) -> dict:
-        # Snapshots as before: the cached label is not part of the model.
-        state = self.__dict__.copy()
-        state.pop("_auto", None)
-        return state
+        return self._version or f"{self.model.version}.{self.n_learned}"
 
     def set_version(self, version: str | None) -> None:
         """Pin the version label (``None``: back to ``"<spec version>.<n_learned>"``)."""

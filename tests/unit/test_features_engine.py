@@ -10,7 +10,7 @@ from features.definitions import Feature, FeatureSet
 from features.engine import INDEX_PREFIX, FeatureEngine
 from features.exceptions import FeatureConfigError, FeatureError
 from features._kernel import decode_index, index_entry, sampled
-from features.store import DictStore, decode, encode
+from features.store import DictStore, encode
 from features.default import default_feature_set
 from stream.state import CachedStore, MemoryBackend, RocksBackend, open_store
 
