@@ -11,6 +11,14 @@ when the old generation is empty the young one becomes old. A hit in the young g
 single dict lookup (a strict LRU moves the key on every hit, which on a large dict costs more
 than the lookup); an object touched again while old moves back to the young generation. :meth:`CachedStore.flush` returns every key written since the previous flush with its
 encoded value (``None`` for a delete): exactly what a changelog topic needs.
+
+Encoded writes wait in a pending buffer (reads see it) until ``batch_size`` of them are there,
+and :meth:`CachedStore.flush` writes the whole buffer to the backend, unless the store keeps a
+write-behind window (``keep``): then a flush leaves the buffer in memory, and whenever it reaches
+``batch_size`` entries the oldest are written until ``keep`` remain. A key written again while
+pending replaces its buffered value, so hot state changed in every commit (the worker flushes
+once per commit, for the changelog) reaches the backend once per window instead of once per
+commit. :meth:`CachedStore.persist` (and :meth:`CachedStore.close`) write everything.
 """
 
 from __future__ import annotations
@@ -44,17 +52,22 @@ class CachedStore:
     """A :class:`~features.store.StateStore` with a write-back cache over ``backend``.
 
     ``capacity`` is the number of live objects kept; ``batch_size`` the number of encoded writes
-    (evictions, cold puts, deletes) buffered before they go to the backend in one batch.
+    (evictions, cold puts, deletes) buffered before they go to the backend in one batch;
+    ``keep`` (less than ``batch_size``) the most recent of them kept buffered across flushes
+    and batches (the write-behind window, see the module docstring; 0: none).
     """
 
     def __init__(self, backend: Backend, capacity: int = 200_000, batch_size: int = 10_000,
                  encode: Callable[[Any], bytes] = _encode,
-                 decode: Callable[[bytes], Any] = _decode) -> None:
+                 decode: Callable[[bytes], Any] = _decode, keep: int = 0) -> None:
         if capacity < 1 or batch_size < 1:
             raise ValueError("capacity and batch_size must be at least 1")
+        if not 0 <= keep < batch_size:
+            raise ValueError("keep must be at least 0 and less than batch_size")
         self.backend = backend
         self.capacity = capacity
         self.batch_size = batch_size
+        self.keep = keep
         self._encode, self._decode = encode, decode
         self._young: dict[bytes, Any] = {}
         self._old: dict[bytes, Any] = {}
@@ -104,9 +117,9 @@ class CachedStore:
             if type(value) is _State:
                 value.dirty = False
             pending = self._pending
-            pending[key] = self._encode(value)
+            pending[key] = self._changes[key] = self._encode(value)
             if len(pending) >= self.batch_size:
-                self._write_pending()
+                self._write_batch()
 
     def touch(self, key: bytes) -> None:
         """The object :meth:`get` just returned for ``key`` was changed in place: mark it dirty
@@ -131,16 +144,16 @@ class CachedStore:
         excess = len(old) + len(self._young) - self.capacity
         # Evict in chunks of 1/64 of the capacity so eviction cost is amortised.
         count = max(excess, self.capacity // 64, 1)
-        pending, batch = self._pending, self.batch_size
+        pending, changes, batch = self._pending, self._changes, self.batch_size
         for key in list(islice(old, count)):
             value = old.pop(key)
             if key in dirty:  # _encode_written and _stage, inlined: this loop is per entity
                 dirty.remove(key)
                 if type(value) is _State:
                     value.dirty = False
-                pending[key] = encode(value)
+                pending[key] = changes[key] = encode(value)
                 if len(pending) >= batch:
-                    self._write_pending()
+                    self._write_batch()
                     pending = self._pending
 
     def _encode_written(self, value: Any) -> bytes:
@@ -151,37 +164,75 @@ class CachedStore:
         return self._encode(value)
 
     def _stage(self, key: bytes, raw: bytes | None) -> None:
-        self._pending[key] = raw
+        self._pending[key] = self._changes[key] = raw
         if len(self._pending) >= self.batch_size:
+            self._write_batch()
+
+    def _write_batch(self) -> None:
+        """The pending buffer is full: write it, or (write-behind) its oldest entries down to
+        ``keep``. A dict keeps first-insertion order, so a key rewritten while pending keeps its
+        place and goes when it is among the oldest, with its latest value."""
+        if not self.keep:
             self._write_pending()
+            return
+        pending = self._pending
+        count = len(pending) - self.keep
+        if count <= 0:
+            return
+        oldest = {key: pending.pop(key) for key in list(islice(pending, count))}
+        self._write(oldest)
 
     def _write_pending(self) -> None:
+        """Write the whole pending buffer to the backend."""
         if not self._pending:
             return
         pending = self._pending
         self._pending = {}
-        if None in pending.values():
-            puts = {k: v for k, v in pending.items() if v is not None}
-            self.backend.write(puts, [k for k, v in pending.items() if v is None])
+        self._write(pending)
+
+    def _write(self, entries: dict[bytes, bytes | None]) -> None:
+        if None in entries.values():
+            puts = {k: v for k, v in entries.items() if v is not None}
+            self.backend.write(puts, [k for k, v in entries.items() if v is None])
         else:  # the usual batch (label-index entries, evictions): no copy
-            self.backend.write(pending)
-        self._changes.update(pending)
+            self.backend.write(entries)
 
     def flush(self) -> dict[bytes, bytes | None]:
-        """Write every dirty object; return all changes since the last flush (for a changelog)."""
+        """Write every dirty object; return all changes since the last flush (for a changelog).
+
+        With a write-behind window (``keep``) the writes may stay buffered in memory (see the
+        module docstring); :meth:`persist` puts everything in the backend.
+        """
         self._write_dirty()
+        if self.keep:
+            if len(self._pending) >= self.batch_size:
+                self._write_batch()
+        else:
+            self._write_pending()
         changes = self._changes
         self._changes = {}
         return changes
 
+    def persist(self) -> None:
+        """Write every dirty object and every buffered write to the backend (the changes are
+        still returned by the next :meth:`flush`)."""
+        self._write_dirty()
+        self._write_pending()
+
+    def stored(self, key: bytes) -> bytes | None:
+        """The encoded value of ``key`` as last written (buffered or in the backend), without
+        dirty objects: what the changelog holds after a :meth:`flush`."""
+        raw = self._pending.get(key, _MISSING)
+        return self.backend.get(key) if raw is _MISSING else raw
+
     def _write_dirty(self) -> None:
-        """Write every dirty object to the backend, keeping the changes for the next flush."""
-        young, old = self._young, self._old
+        """Stage every dirty object's encoded value, recorded as a change for the next flush."""
+        young, old, pending, changes = self._young, self._old, self._pending, self._changes
         for key in self._dirty:
             value = young.get(key)
-            self._pending[key] = self._encode_written(value if value is not None else old[key])
+            pending[key] = changes[key] = self._encode_written(
+                value if value is not None else old[key])
         self._dirty.clear()
-        self._write_pending()
 
     def drop_cache(self) -> None:
         """Flush, then forget every cached object (reads go to the backend again)."""
@@ -197,7 +248,7 @@ class CachedStore:
         rebalance callback. The deletions (and anything written before) are among the changes
         the next :meth:`flush` returns, so they reach the changelog.
         """
-        self._write_dirty()
+        self.persist()
         dead = [key for key, raw in self.backend.items() if entry_time(raw) < before_ms]
         for key in dead:
             self.delete(key)
@@ -207,15 +258,18 @@ class CachedStore:
     def items(self):
         """Every stored (key, decoded value), after a flush."""
         self.flush()
+        self._write_pending()
         for key, raw in self.backend.items():
             yield key, self._decode(raw)
 
     def __len__(self) -> int:
         self.flush()
+        self._write_pending()
         return sum(1 for _ in self.backend.items())
 
     def close(self) -> None:
         self.flush()
+        self._write_pending()
         self._young.clear()
         self._old.clear()
         self.backend.close()

@@ -207,3 +207,38 @@ def test_expire_keeps_unflushed_changes_and_reports_its_deletions(tmp_path):
     assert changes[b"new"] == encode([9_500, "c"])
     assert store.get(b"old") is None and store.get(b"new") == [9_500, "c"]
     store.close()
+
+
+def test_write_behind_keeps_recent_writes_until_the_window_overflows(backend):
+    store = CachedStore(backend, capacity=100, batch_size=4, keep=2)
+    store.put(b"hot", [1, "a"])
+    assert store.flush() == {b"hot": encode([1, "a"])}
+    assert backend.get(b"hot") is None and store.stored(b"hot") == encode([1, "a"])
+    store.put(b"hot", [2, "b"])        # rewritten while buffered: one write later, the latest
+    assert store.flush() == {b"hot": encode([2, "b"])}
+    for i in range(3):                 # cold writes push the buffer to batch_size
+        store.put(b"c%d" % i, [i, "x"], cache=False)
+    # the two oldest (first-written) went to the backend, the two most recent stay buffered
+    assert decode(backend.get(b"hot")) == [2, "b"] and backend.get(b"c0") is not None
+    assert backend.get(b"c1") is None and backend.get(b"c2") is None
+    assert store.get(b"c2") == [2, "x"] and store.stored(b"c1") == encode([1, "x"])
+    store.delete(b"c1")                # a delete is buffered like a put, and reported
+    assert store.flush() == {b"c0": encode([0, "x"]), b"c1": None, b"c2": encode([2, "x"])}
+    assert store.get(b"c1") is None and store.stored(b"c1") is None
+    store.persist()
+    assert decode(backend.get(b"c2")) == [2, "x"] and backend.get(b"c1") is None
+
+
+def test_write_behind_is_written_out_by_close_and_expire(tmp_path):
+    store = open_store("rocksdb", tmp_path / "db", batch_size=100, keep=50)
+    store.put(b"old", [1_000, "a"])
+    store.put(b"new", [9_000, "b"])
+    store.flush()
+    assert store.expire(before_ms=5_000) == 1   # sees the buffered entries
+    store.flush()
+    store.close()
+    reopened = open_store("rocksdb", tmp_path / "db")
+    assert reopened.get(b"new") == [9_000, "b"] and reopened.get(b"old") is None
+    reopened.close()
+    with pytest.raises(ValueError):
+        CachedStore(MemoryBackend(), batch_size=10, keep=10)
