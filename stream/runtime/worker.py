@@ -697,13 +697,26 @@ class Worker(Stoppable):
                          else "stopped")
 
     def _flush_changelogs(self) -> None:
+        # Three to five changelog records per event: produced here directly rather than through
+        # _produce (one Python call less per record); a full local queue falls back to it.
+        produce, cb = self._producer.produce, self._delivery_cb
         for task in self._tasks.values():
             if task.scorer is not None:
                 task.scorer.flush()  # per-merchant models into the store, then the changelog
             changes = task.store.flush()
             topic, partition = task.stage.changelog_topic, task.partition
+            produced = 0
             for key, value in changelog.records(changes, task.store.stored, task.migrate):
-                self._produce(topic, key, value, partition)
+                try:
+                    produce(topic, value, key, partition, cb)
+                    produced += 1
+                except BufferError:
+                    if cb is not None:  # at-least-once: count before delivery reports are served
+                        self._undelivered[self._epoch] += produced
+                    produced = 0
+                    self._produce(topic, key, value, partition)
+            if cb is not None:
+                self._undelivered[self._epoch] += produced
 
     def commit(self, wait: bool = False) -> None:
         """Steps 3-5 of the commit protocol (see the module docstring).
