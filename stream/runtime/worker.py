@@ -65,7 +65,7 @@ from online_models.labels import DEFAULT_TTL_MS as SNAPSHOT_TTL_MS
 from online_models.scorer import GlobalModel
 from stream import wire
 from stream.deadletter import dead_letter_headers
-from stream.events import Score, decode_event_dict, decode_label_dict
+from stream.events import decode_event_dict, decode_label_dict, encode_score
 from stream.consumer import consumer_error
 from stream.exceptions import ChangelogFormatError, ConfigError, DecodeError, KafkaError
 from stream.lifecycle import GracefulStop, Stoppable
@@ -188,10 +188,16 @@ class Task:
     """One stage on one partition: its store, its feature engine, and (last stage) its scorer."""
 
     def __init__(self, stage: Stage, partition: int, store: CachedStore,
-                 scorer: Scorer | None = None, migrate: set[bytes] | None = None) -> None:
+                 scorer: Scorer | None = None, migrate: set[bytes] | None = None,
+                 next_stage: Stage | None = None, parked: bool = False) -> None:
         self.stage = stage
         self.partition = partition
         self.store = store
+        # The stage this one forwards to; None on the last stage.
+        self.next_stage = next_stage
+        # Whether labels may be parked in the store (see Worker._apply_label): until one is,
+        # a scored event needs no lookup for its parked label.
+        self.parked = parked
         self.engine = FeatureEngine(stage.features, store) if stage.features else None
         self.scorer = scorer
         # Event ids restored from old-layout changelog records, to rewrite (stream.runtime.changelog)
@@ -490,9 +496,8 @@ class Worker(Stoppable):
             merged = upstream
         else:
             merged = features
-        stages = self.topology.stages
-        if task.stage.index + 1 < len(stages):
-            nxt = stages[task.stage.index + 1]
+        nxt = task.next_stage
+        if nxt is not None:
             key = event.get(nxt.key_field) or event["user_id"]
             if task.forwards_values is None:
                 task.forwards_values = tuple(merged) == self._upstream_names[nxt.index]
@@ -510,17 +515,15 @@ class Worker(Stoppable):
             self.stats.emitted += 1
             return
         out = task.scorer.score(merged, event)
-        score = Score(event_id=event["event_id"], user_id=event["user_id"],
-                      merchant_id=event.get("merchant_id"), event_time=event["event_time"],
-                      score=out.score,
-                      decision=out.decision or decide(out.score, self.settings,
-                                                      event.get("merchant_id")),
-                      model_version=out.version, reasons=out.reasons,
-                      scored_at=time.time_ns() // 1_000_000)
-        self._produce(self.settings.topic_scores, event["user_id"].encode(), score.encode())
+        user_id, merchant_id = event["user_id"], event.get("merchant_id")
+        decision = out.decision or decide(out.score, self.settings, merchant_id)
+        self._produce(self.settings.topic_scores, user_id.encode(),
+                      encode_score(event["event_id"], user_id, merchant_id, event["event_time"],
+                                   out.score, decision, out.version, out.reasons,
+                                   time.time_ns() // 1_000_000))
         self.stats.scored += 1
-        self._decisions[score.decision] = self._decisions.get(score.decision, 0) + 1
-        if self._parks_labels:
+        self._decisions[decision] = self._decisions.get(decision, 0) + 1
+        if task.parked:
             key = _PARKED + event["event_id"].encode()
             parked = task.store.get(key)
             if parked is not None:  # its label overtook it: learn now that the vector exists
@@ -539,6 +542,7 @@ class Worker(Stoppable):
             if status == "unknown" and self._parks_labels:
                 task.store.put(_PARKED + str(label["event_id"]).encode(),
                                [int(label["label_time"]), label], cache=False)
+                task.parked = True
                 self.stats.labels_parked += 1
                 return
             self._emit_example(example)
@@ -962,7 +966,11 @@ class Worker(Stoppable):
                                  budget=s.review_budget, merchant_models=s.merchant_models)
             if self._challenger is not None and isinstance(scorer, ModelScorer):
                 scorer.load_challenger(self._challenger)
-        task = Task(stage, partition, store, scorer, legacy)
+        nxt = (self.topology.stages[stage.index + 1] if stage is not self.topology.last
+               else None)
+        # Parked labels restored with the store (rare: a label that overtook its event).
+        parked = scorer is not None and self._parks_labels and store.has_prefix(_PARKED)
+        task = Task(stage, partition, store, scorer, legacy, nxt, parked)
         task.consumed_metric = self._child("fraudstream_events_consumed_total", stage.name,
                                            partition)
         task.processing_metric = self._child("fraudstream_processing_seconds", stage.name)

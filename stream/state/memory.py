@@ -29,6 +29,9 @@ class MemoryBackend:
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         yield from sorted(self._data.items())
 
+    def has_prefix(self, prefix: bytes) -> bool:
+        return any(key.startswith(prefix) for key in self._data)
+
     def flush(self) -> None:
         return None
 

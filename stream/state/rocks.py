@@ -125,6 +125,13 @@ class RocksBackend:
         with translate(f"iterate {self.path}"):
             yield from self._db.items()
 
+    def has_prefix(self, prefix: bytes) -> bool:
+        """Whether a key starting with ``prefix`` is stored (one seek)."""
+        with translate(f"seek in {self.path}"):
+            it = self._db.iter()
+            it.seek(prefix)
+            return it.valid() and it.key().startswith(prefix)
+
     def flush(self) -> None:
         """Persist memtables (used before a checkpoint)."""
         with translate(f"flush {self.path}"):

@@ -242,3 +242,15 @@ def test_write_behind_is_written_out_by_close_and_expire(tmp_path):
     reopened.close()
     with pytest.raises(ValueError):
         CachedStore(MemoryBackend(), batch_size=10, keep=10)
+
+
+def test_has_prefix_sees_the_backend_the_buffer_and_the_cache(backend):
+    store = CachedStore(backend, capacity=10, batch_size=100, keep=50)
+    assert not store.has_prefix(b"\x00pl/")
+    store.put(b"\x00pl/e1", [1, {}], cache=False)
+    assert store.has_prefix(b"\x00pl/") and not store.has_prefix(b"\x00pm/")
+    store.persist()
+    assert backend.has_prefix(b"\x00pl/") and not backend.has_prefix(b"\x00pm/")
+    assert not backend.has_prefix(b"\x00pl/e2") and not backend.has_prefix(b"\x00pl/e1x")
+    store.put(b"k", [2, "x"])                  # a cached, dirty object
+    assert store.has_prefix(b"k") and not backend.has_prefix(b"k")
