@@ -14,8 +14,7 @@ arrived, and as the reference of the exactly-once tests, whose scores must depen
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, NamedTuple, Protocol
 
 from features.store import StateStore
 
@@ -25,9 +24,12 @@ if TYPE_CHECKING:  # the online models (river) load only when a model scorer is 
 __all__ = ["Scorer", "Outcome", "ModelScorer", "HeuristicScorer", "make_scorer"]
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """One event's score. ``decision`` None means: apply the configured thresholds."""
+class Outcome(NamedTuple):
+    """One event's score. ``decision`` None means: apply the configured thresholds.
+
+    A named tuple rather than a frozen dataclass: one is made per scored event, and a frozen
+    dataclass sets each field through ``object.__setattr__`` (three to four times the cost).
+    """
 
     score: float
     decision: str | None
