@@ -148,7 +148,9 @@ class CachedStore:
         pending, changes, batch = self._pending, self._changes, self.batch_size
         for key in list(islice(old, count)):
             value = old.pop(key)
-            if key in dirty:  # _encode_written and _stage, inlined: this loop is per entity
+            # Encoding clears a feature state's dirty flag: the engine touches it (once) again
+            # when it next changes it (the same in _write_dirty and put).
+            if key in dirty:  # staged inline: this loop is per entity
                 dirty.remove(key)
                 if type(value) is _State:
                     value.dirty = False
@@ -156,13 +158,6 @@ class CachedStore:
                 if len(pending) >= batch:
                     self._write_batch()
                     pending = self._pending
-
-    def _encode_written(self, value: Any) -> bytes:
-        """Encode ``value`` for writing. A feature state's ``dirty`` flag is cleared: the engine
-        touches it (once) again when it next changes it."""
-        if type(value) is _State:
-            value.dirty = False
-        return self._encode(value)
 
     def _stage(self, key: bytes, raw: bytes | None) -> None:
         self._pending[key] = self._changes[key] = raw
@@ -237,10 +232,21 @@ class CachedStore:
     def _write_dirty(self) -> None:
         """Stage every dirty object's encoded value, recorded as a change for the next flush."""
         young, old, pending, changes = self._young, self._old, self._pending, self._changes
+        encode = self._encode
+        # Every commit encodes each entity changed since the last one (three or so per event):
+        # a feature state encodes itself, as features.store.encode would ask it to, without
+        # the two Python calls in between.
+        native = encode is _encode
         for key in self._dirty:
             value = young.get(key)
-            pending[key] = changes[key] = self._encode_written(
-                value if value is not None else old[key])
+            if value is None:
+                value = old[key]
+            if type(value) is _State:
+                value.dirty = False
+                raw = value.encode() if native else encode(value)
+            else:
+                raw = encode(value)
+            pending[key] = changes[key] = raw
         self._dirty.clear()
 
     def drop_cache(self) -> None:
