@@ -212,9 +212,6 @@ class Task:
         self.forwards_values: bool | None = None
         self.late_reported = 0  # engine.stats.late already added to the late-events counter
 
-    def features(self, event: Any) -> dict[str, Any]:
-        return self.engine.process(event) if self.engine else {}
-
 
 class Worker(Stoppable):
     """One worker process. ``run()`` processes until stopped.
@@ -364,8 +361,7 @@ class Worker(Stoppable):
                 if msgs:
                     last_activity = time.monotonic()
                     try:
-                        for msg in msgs:
-                            self._handle(msg)
+                        self._handle(msgs)
                     except KafkaException as exc:
                         # produce() refuses while the transaction is in an error state.
                         if exc.args[0].fatal() or not self.exactly_once:
@@ -425,38 +421,43 @@ class Worker(Stoppable):
             del self._producer, self._consumer
 
     # ------------------------------------------------------------------ processing
-    def _handle(self, msg: Message) -> None:
-        err = msg.error()
-        if err is not None:
-            consumer_error(err, "consuming")
-            return
-        if self.exactly_once and not self._in_txn:
-            self._producer.begin_transaction()
-            self._in_txn = True
-        if not self._batch_records:
-            self._batch_started = time.monotonic()
-        self._batch_records += 1
-        self.stats.consumed += 1
-        topic, partition = msg.topic(), msg.partition()
-        self._offsets[(topic, partition)] = msg.offset() + 1
-        stage = self._by_topic.get(topic)
-        if stage is None:  # the labels topic
-            self._route_label(msg)
-            return
-        task = self._tasks.get((stage.index, partition))
-        if task is None:  # cannot happen while paused-until-restored holds; never drop silently
-            raise KafkaError(f"record from {topic}[{partition}] without an open task")
-        # Counters are added up per commit (a Prometheus increment takes a lock); the
-        # processing-time histogram samples one record in _PROCESSING_SAMPLE.
-        task.consumed += 1
-        if task.consumed % _PROCESSING_SAMPLE:
-            self._handle_stage(msg, stage, task)
-            return
-        started = time.perf_counter()
-        try:
-            self._handle_stage(msg, stage, task)
-        finally:
-            task.processing_metric.observe(time.perf_counter() - started)
+    def _handle(self, msgs: list[Message]) -> None:
+        """Process consumed records in order (the loop's per-record lookups hoisted: two to
+        three records per event)."""
+        offsets, by_topic, tasks, stats = self._offsets, self._by_topic, self._tasks, self.stats
+        handle_stage = self._handle_stage
+        for msg in msgs:
+            err = msg.error()
+            if err is not None:
+                consumer_error(err, "consuming")
+                continue
+            if not self._in_txn and self.exactly_once:
+                self._producer.begin_transaction()
+                self._in_txn = True
+            if not self._batch_records:
+                self._batch_started = time.monotonic()
+            self._batch_records += 1
+            stats.consumed += 1
+            topic, partition = msg.topic(), msg.partition()
+            offsets[(topic, partition)] = msg.offset() + 1
+            stage = by_topic.get(topic)
+            if stage is None:  # the labels topic
+                self._route_label(msg)
+                continue
+            task = tasks.get((stage.index, partition))
+            if task is None:  # cannot happen while paused-until-restored holds; never drop
+                raise KafkaError(f"record from {topic}[{partition}] without an open task")
+            # Counters are added up per commit (a Prometheus increment takes a lock); the
+            # processing-time histogram samples one record in _PROCESSING_SAMPLE.
+            task.consumed += 1
+            if task.consumed % _PROCESSING_SAMPLE:
+                handle_stage(msg, stage, task)
+                continue
+            started = time.perf_counter()
+            try:
+                handle_stage(msg, stage, task)
+            finally:
+                task.processing_metric.observe(time.perf_counter() - started)
 
     def _handle_stage(self, msg: Message, stage: Stage, task: Task) -> None:
         if stage.index == 0:
@@ -490,7 +491,8 @@ class Worker(Stoppable):
     def _advance(self, task: Task, event: dict[str, Any], upstream: dict[str, Any],
                  appended_ms: int) -> None:
         """Compute this stage's features, then forward to the next stage or score."""
-        features = task.features(event)
+        engine = task.engine
+        features = engine.process(event) if engine is not None else {}
         if upstream:  # decoded from the repartition record just now: ours to extend in place
             upstream.update(features)
             merged = upstream

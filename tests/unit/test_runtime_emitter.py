@@ -56,9 +56,9 @@ def test_one_stage_worker_emits_each_event_with_its_features(tmp_path) -> None:
         worker._tasks[(0, 0)] = task
         stream = [("u1", T0), ("u2", T0 + 1), ("u1", T0 + 59_999), ("u1", T0 + 60_000)]
         for i, (user, t) in enumerate(stream):
-            worker._handle(Message(topic=settings.topic_events, partition=0, offset=i,
-                                   key=user.encode(), value=_event(i, user, t),
-                                   timestamp=(1, t)))
+            worker._handle([Message(topic=settings.topic_events, partition=0, offset=i,
+                                    key=user.encode(), value=_event(i, user, t),
+                                    timestamp=(1, t))])
         # The count at a one-window resolution is the tumbling-window count.
         assert capture.calls == [("e0", {count.name: 1}), ("e1", {count.name: 1}),
                                  ("e2", {count.name: 2}), ("e3", {count.name: 1})]
