@@ -41,6 +41,7 @@ from stream.publisher import EventPublisher  # noqa: E402
 from stream.settings import Settings  # noqa: E402
 from stream.simulate import SimConfig, simulate  # noqa: E402
 from stream.topics import ensure_topics  # noqa: E402
+from stream import wire  # noqa: E402
 
 
 def _free_port() -> int:
@@ -73,13 +74,26 @@ def _env(s: Settings, guarantee: str) -> dict[str, str]:
 WORKER_ENV: dict[str, str] = {}
 #: Set by --profile: a directory where each worker runs under py-spy and leaves a profile.
 PROFILE_DIR: Path | None = None
+#: Set by --probe: a directory where each worker runs under bench/loop_probe.py.
+PROBE_DIR: Path | None = None
+#: Set by --worker-root/--worker-python: the checkout and interpreter the worker runs from (a
+#: detached checkout of another commit, for side-by-side runs), by default this one.
+WORKER_ROOT: Path = ROOT
+WORKER_PYTHON: str = sys.executable
 
 
-def _start_worker(s: Settings, guarantee: str, log: Path) -> subprocess.Popen:
+def _start_worker(s: Settings, guarantee: str, log: Path, tag: str = "") -> subprocess.Popen:
+    cmd = ["-m", "stream", "worker", "--instance-id", "bench"]
+    if PROBE_DIR is not None and tag:
+        # The worker with its loop timed (bench/loop_probe.py, from this checkout's bench/).
+        cmd = [str(Path(__file__).with_name("loop_probe.py")), str(PROBE_DIR / f"{tag}.json"),
+               "worker", "--instance-id", "bench"]
+    env = _env(s, guarantee)
+    if WORKER_ROOT != ROOT:
+        env["PYTHONPATH"] = str(WORKER_ROOT)
     with log.open("ab") as fh:
-        return subprocess.Popen([sys.executable, "-m", "stream", "worker", "--instance-id",
-                                 "bench"], env=_env(s, guarantee), stdout=fh,
-                                stderr=subprocess.STDOUT, cwd=ROOT)
+        return subprocess.Popen([WORKER_PYTHON, *cmd], env=env, stdout=fh,
+                                stderr=subprocess.STDOUT, cwd=WORKER_ROOT)
 
 
 def _profile(pid: int, tag: str) -> subprocess.Popen | None:
@@ -158,7 +172,7 @@ def throughput(base: Settings, events: list[dict], guarantee: str, tag: str,
                      topic_scores=f"bench-{tag}.scores", state_dir=str(work / f"state-{tag}"))
     ensure_topics(s)
     consumer = ScoreConsumer(s, from_beginning=True)
-    worker = _start_worker(s, guarantee, work / f"worker-{tag}.log")
+    worker = _start_worker(s, guarantee, work / f"worker-{tag}.log", tag)
     try:
         _warm_up(s, consumer, events)
         spy = _profile(worker.pid, tag)
@@ -191,67 +205,173 @@ def throughput(base: Settings, events: list[dict], guarantee: str, tag: str,
             "cpu_s_by_thread": threads}
 
 
+def _generate(producer_conf: dict, topic: str, warm_topic: str,
+              records: list[tuple[bytes, bytes]], rate: float, conn) -> None:
+    """The paced load generator, in a process of its own (so reading and decoding scores never
+    delays a send): produce ``records`` open loop at ``rate`` per second (every record due by now
+    is sent, however late the generator is), and send back each record's send time
+    (``time.monotonic``, which is system-wide) and how many failed delivery."""
+    from confluent_kafka import Producer
+
+    failed = [0]
+
+    def delivered(err, msg) -> None:
+        if err is not None:
+            failed[0] += 1
+
+    producer = Producer(producer_conf)
+    # Connected, the topic's metadata known and the idempotent producer id assigned before the
+    # clock starts (one record to a topic nobody reads in the benchmark), as in a long-lived
+    # service: else the first records wait for all of that.
+    producer.list_topics(topic, timeout=30)
+    producer.produce(warm_topic, b"warm-up")
+    producer.flush(30)
+    n = len(records)
+    sent = [0.0] * n
+    conn.send("ready")
+    conn.recv()
+    start = time.monotonic()
+    i = 0
+    while i < n:
+        due = min(n, int((time.monotonic() - start) * rate) + 1)
+        while i < due:
+            key, value = records[i]
+            while True:
+                try:
+                    producer.produce(topic, value, key, on_delivery=delivered)
+                    break
+                except BufferError:
+                    producer.poll(0.01)  # never drop: wait for room
+            sent[i] = time.monotonic()
+            i += 1
+        producer.poll(0)
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    producer.flush(60)
+    conn.send((start, sent, failed[0]))
+
+
 def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: float,
             work: Path) -> dict:
+    """End-to-end latency at a fixed offered rate: a caught-up worker; a generator process
+    produces ``events`` at ``rate`` per second; this process reads the scores read_committed and
+    times each from its produce to its arrival."""
+    import multiprocessing
+
+    from confluent_kafka import Consumer
+
+    from stream.events import event_from_dict
+
     s = base.replace(group_id=f"bench-{tag}", topic_events=f"bench-{tag}.events",
                      topic_scores=f"bench-{tag}.scores", state_dir=str(work / f"state-{tag}"))
     ensure_topics(s)
-    worker = _start_worker(s, guarantee, work / f"worker-{tag}.log")
-    consumer = ScoreConsumer(s, from_beginning=True)
+    records = []
+    for e in events:
+        ev = event_from_dict(e)
+        records.append((ev.user_id.encode(), ev.encode()))
+    ids = {e["event_id"]: i for i, e in enumerate(events)}
+    worker = _start_worker(s, guarantee, work / f"worker-{tag}.log", tag)
+    score_consumer = ScoreConsumer(s, from_beginning=True)
+    received = [0.0] * len(events)
     try:
-        sent: dict[str, float] = {}
-        lat: list[float] = []
-        with EventPublisher(s, **{"linger.ms": 0}) as pub:
-            _warm_up(s, consumer, events, pub)
-            start = time.monotonic()
-            for i, e in enumerate(events):
-                due = start + i / rate
-                while True:
-                    remaining = due - time.monotonic()
-                    rec = consumer.poll(max(0.0, min(0.002, remaining)))
-                    if rec is not None and rec.score.event_id in sent:
-                        lat.append(time.monotonic() - sent[rec.score.event_id])
-                    if remaining <= 0 and rec is None:
-                        break
-                pub.publish(e)
-                pub.poll(0)
-                sent[e["event_id"]] = time.monotonic()
-        deadline = time.monotonic() + 120
-        while len(lat) < len(events) and time.monotonic() < deadline:
-            rec = consumer.poll(0.2)
-            if rec is not None and rec.score.event_id in sent:
-                lat.append(time.monotonic() - sent[rec.score.event_id])
-    finally:
+        _warm_up(s, score_consumer, events)
+        score_consumer.close()
+        consumer = Consumer(s.consumer_config(f"bench-{tag}-reader",
+                                              **{"auto.offset.reset": "earliest"}))
+        consumer.subscribe([s.topic_scores])
+        while not consumer.assignment():  # assigned before the first paced event is produced
+            consumer.poll(0.1)
+        ctx = multiprocessing.get_context("spawn")
+        here, there = ctx.Pipe()
+        gen = ctx.Process(target=_generate, args=(s.producer_config(**{"linger.ms": 0}),
+                                                  s.topic_events, s.topic_dead_letter, records,
+                                                  rate, there))
+        gen.start()
+        here.recv()  # the generator is connected
+        cpu0, t0 = _cpu_seconds(worker.pid), time.monotonic()
+        here.send("go")
+        got = 0
+        deadline = time.monotonic() + len(events) / rate + 120
+        result = None
+        while got < len(events) and time.monotonic() < deadline:
+            for msg in consumer.consume(500, 0.05):
+                if msg.error() is not None:
+                    continue
+                i = ids.get(wire.loads(msg.value())["event_id"])
+                if i is not None and not received[i]:
+                    received[i] = time.monotonic()
+                    got += 1
+            if result is None and here.poll():
+                result = here.recv()
+        cpu, span = _cpu_seconds(worker.pid) - cpu0, time.monotonic() - t0
+        if result is None:
+            result = here.recv()
+        gen.join(30)
         consumer.close()
+    finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
-    lat.sort()
+    start, sent, failed = result
+    lat = sorted(r - t for r, t in zip(received, sent) if r)
+    missing = len(events) - len(lat)
+    behind = max(t - (start + i / rate) for i, t in enumerate(sent))
 
     def q(p: float) -> float:
         return lat[min(len(lat) - 1, int(p * len(lat)))] * 1000
 
-    return {"rate": rate, "events": len(lat), "p50_ms": q(0.5), "p99_ms": q(0.99),
-            "p999_ms": q(0.999), "max_ms": lat[-1] * 1000}
+    achieved = (len(sent) - 1) / (sent[-1] - sent[0]) if len(sent) > 1 else 0.0
+    # The worst latency of the events sent in each 250 ms, to tell a start-up transient from
+    # periodic stalls.
+    timeline: dict[int, float] = {}
+    for r, t in zip(received, sent):
+        if r:
+            slot = int((t - start) * 4)
+            timeline[slot] = max(timeline.get(slot, 0.0), round((r - t) * 1000, 1))
+    return {"rate": rate, "achieved_rate": achieved, "generator_behind_ms": behind * 1000,
+            "events": len(lat), "missing": missing, "failed": failed,
+            "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999), "max_ms": lat[-1] * 1000,
+            "drain_ms": (max(received) - sent[-1]) * 1000,
+            "worker_cores": cpu / span if span else 0.0,
+            "worst_ms_per_250ms": [timeline.get(i, 0.0) for i in range(max(timeline) + 1)]}
+
+
+def _median_latency(rounds: list[dict]) -> dict:
+    return {k: statistics.median(r[k] for r in rounds)
+            for k in ("achieved_rate", "p50_ms", "p99_ms", "p999_ms", "max_ms", "drain_ms",
+                      "worker_cores", "generator_behind_ms")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--events", type=int, default=40_000)
+    ap.add_argument("--events", type=int, default=40_000,
+                    help="events in each throughput round (0: no throughput rounds)")
     ap.add_argument("--paced", type=int, default=3_000, help="events in each latency run")
     ap.add_argument("--rate", type=float, default=500.0, help="offered events/s for latency")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="throughput rounds")
+    ap.add_argument("--latency-rounds", type=int, default=1,
+                    help="latency runs per guarantee (each a fresh worker); medians reported")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--guarantees", default="exactly_once,at_least_once")
     ap.add_argument("--profile", type=Path, default=None,
                     help="run each worker under py-spy (pip install py-spy) and write collapsed "
                          "stacks into this directory")
+    ap.add_argument("--probe", type=Path, default=None,
+                    help="run each worker under bench/loop_probe.py (its loop timed) and write "
+                         "<tag>.json into this directory")
+    ap.add_argument("--worker-root", type=Path, default=None,
+                    help="run the worker from this checkout (e.g. a detached checkout of the "
+                         "base commit, for side-by-side runs)")
+    ap.add_argument("--worker-python", default=None,
+                    help="the interpreter for the worker (e.g. that checkout's .venv/bin/python)")
     ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                     help="an extra FRAUDSTREAM_* variable for the worker, e.g. "
                          "FRAUDSTREAM_COMMIT_INTERVAL_MS=200 (repeatable)")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true",
                     help="keep the broker data, worker state and logs (a temp dir) after a run")
     args = ap.parse_args()
-    global PROFILE_DIR
+    global PROFILE_DIR, PROBE_DIR, WORKER_ROOT, WORKER_PYTHON
     for item in args.worker_env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("FRAUDSTREAM_"):
@@ -260,6 +380,13 @@ def main() -> None:
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
         PROFILE_DIR = args.profile.resolve()
+    if args.probe is not None:
+        args.probe.mkdir(parents=True, exist_ok=True)
+        PROBE_DIR = args.probe.resolve()
+    if args.worker_root is not None:
+        WORKER_ROOT = args.worker_root.resolve()
+    if args.worker_python is not None:
+        WORKER_PYTHON = args.worker_python
 
     work = Path(tempfile.mkdtemp(prefix="fraudstream-bench-runtime-"))
     broker = LocalKafka(work / "kafka", ROOT / ".cache" / "kafka", port=_free_port())
@@ -271,14 +398,17 @@ def main() -> None:
         bulk, paced = events[:args.events], events[args.events:]
         results: dict[str, dict] = {}
         for guarantee in args.guarantees.split(","):
-            runs = [throughput(base, bulk, guarantee, f"{guarantee}-{r}", work)
-                    for r in range(args.rounds)]
-            lat = latency(base, paced, guarantee, f"{guarantee}-lat", args.rate, work)
+            runs = ([throughput(base, bulk, guarantee, f"{guarantee}-{r}", work)
+                     for r in range(args.rounds)] if args.events else [])
+            lats = [latency(base, paced, guarantee, f"{guarantee}-lat{r}", args.rate, work)
+                    for r in range(args.latency_rounds)] if args.paced else []
             results[guarantee] = {
-                "events_per_s_median": statistics.median(r["events_per_s"] for r in runs),
-                "events_per_cpu_s_median": statistics.median(r["events_per_cpu_s"]
-                                                             for r in runs),
-                "rounds": runs, "latency": lat}
+                "events_per_s_median": (statistics.median(r["events_per_s"] for r in runs)
+                                        if runs else None),
+                "events_per_cpu_s_median": (statistics.median(r["events_per_cpu_s"]
+                                                              for r in runs) if runs else None),
+                "rounds": runs, "latency_rounds": lats,
+                "latency": _median_latency(lats) if lats else None}
         load = os.getloadavg()
         finished = True
     finally:
@@ -289,18 +419,35 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"broker data, worker state and logs kept in {work}", file=sys.stderr)
+    if args.json is not None:
+        args.json.write_bytes(wire.dumps({"args": {k: str(v) for k, v in vars(args).items()},
+                                          "load": load, "results": results}))
     print(f"date {time.strftime('%Y-%m-%d')}; python {platform.python_version()}; "
           f"Apache Kafka {status.version}; {os.cpu_count()} cores; load {load[0]:.1f}; "
-          f"max RSS of this script {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB")
+          f"max RSS of this script {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024} MB"
+          + (f"; worker from {WORKER_ROOT}" if WORKER_ROOT != ROOT else ""))
     print(f"{args.events:,} events, {args.partitions} partitions, default features and model; "
-          f"latency at {args.rate:.0f} events/s offered, {args.paced:,} events"
+          f"latency at {args.rate:.0f} events/s offered, {args.paced:,} events, "
+          f"{args.latency_rounds} run(s)"
           + "".join(f"; {k}={v}" for k, v in WORKER_ENV.items()))
-    print("| guarantee | events/s (median) | events per CPU-second | p50 ms | p99 ms | p99.9 ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| guarantee | events/s (median) | events per CPU-second | achieved rate | p50 ms | "
+          "p99 ms | p99.9 ms | worker cores |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for g, r in results.items():
-        lat = r["latency"]
-        print(f"| {g} | {r['events_per_s_median']:,.0f} | {r['events_per_cpu_s_median']:,.0f} | "
-              f"{lat['p50_ms']:.0f} | {lat['p99_ms']:.0f} | {lat['p999_ms']:.0f} |")
+        lat = r["latency"] or {}
+        tp = (f"{r['events_per_s_median']:,.0f} | {r['events_per_cpu_s_median']:,.0f}"
+              if r["rounds"] else "- | -")
+        print(f"| {g} | {tp} | {lat.get('achieved_rate', 0):,.0f} | {lat.get('p50_ms', 0):.0f} | "
+              f"{lat.get('p99_ms', 0):.0f} | {lat.get('p999_ms', 0):.0f} | "
+              f"{lat.get('worker_cores', 0):.2f} |")
+    for g, r in results.items():
+        for i, run in enumerate(r["latency_rounds"]):
+            print(f"{g} latency run {i}: offered {run['rate']:,.0f}/s, achieved "
+                  f"{run['achieved_rate']:,.0f}/s (generator at most "
+                  f"{run['generator_behind_ms']:.0f} ms behind), p50/p99/p99.9/max "
+                  f"{run['p50_ms']:.0f}/{run['p99_ms']:.0f}/{run['p999_ms']:.0f}/"
+                  f"{run['max_ms']:.0f} ms, last score {run['drain_ms']:.0f} ms after the last "
+                  f"send, worker {run['worker_cores']:.2f} cores, {run['missing']} missing")
     # The worker's CPU by thread kind (librdkafka and RocksDB threads are invisible to py-spy).
     for g, r in results.items():
         for i, run in enumerate(r["rounds"]):

@@ -62,8 +62,11 @@ class LocalKafka:
 
     def __init__(self, home: str | os.PathLike[str], cache_dir: str | os.PathLike[str],
                  host: str = "127.0.0.1", port: int = 9092, heap: str = "1g",
-                 log=None) -> None:
+                 log=None, properties: dict[str, str] | None = None) -> None:
+        """``properties``: broker settings added to (or replacing) the defaults written on
+        ``up``, e.g. ``{"transaction.partition.verification.enable": "false"}``."""
         self.home = Path(home).resolve()
+        self.properties = dict(properties or {})
         self.cache_dir = Path(cache_dir).resolve()
         self.host = host
         self.port = port
@@ -268,6 +271,7 @@ class LocalKafka:
             "message.max.bytes": "2097152",
             "log.retention.hours": "168",
         }
+        props.update(self.properties)
         text = "# Written by fraudstream's local Kafka manager; changes are overwritten on `up`.\n"
         text += "".join(f"{k}={v}\n" for k, v in props.items())
         self.config_file.write_text(text)

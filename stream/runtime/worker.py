@@ -34,9 +34,13 @@ Under ``at_least_once`` there is no transaction and steps 4 and 5 become: commit
 offsets once every output it produced (changelog records included) is delivered. The worker does
 not wait for that: each batch is an *epoch* whose outputs carry the epoch's delivery callback,
 and the offsets of the oldest epochs whose outputs are all acknowledged are committed
-asynchronously from the main loop, so delivery round trips never stall processing. Revocation and
-shutdown flush the producer and commit synchronously. A crash re-processes what was not
-committed; feature state may then count those events twice.
+asynchronously from the main loop, so delivery round trips never stall processing. Step 3 runs
+as a *flush round*, one task per loop iteration, so that writing a commit interval's state
+changes never stops processing for long: the round takes the offsets consumed so far, flushes
+every task in turn (a task flushed later also writes the changes made meanwhile, which is
+harmless), and only then closes the epoch with those offsets. Revocation and shutdown finish the
+round, flush the producer and commit synchronously. A crash re-processes what was not committed;
+feature state may then count those events twice.
 """
 
 from __future__ import annotations
@@ -287,6 +291,10 @@ class Worker(Stoppable):
         self._epoch = 0
         self._undelivered: dict[int, int] = {0: 0}
         self._closed_epochs: deque[tuple[int, dict[tuple[str, int], int]]] = deque()
+        # At-least-once flush round in progress (see the module docstring): the tasks still to
+        # flush, and the input offsets the round's epoch commits once they all are.
+        self._round_tasks: deque[tuple[int, int]] = deque()
+        self._round_offsets: dict[tuple[str, int], int] | None = None
         # Exactly-once needs no report per delivered record (a failed one fails the commit):
         # only failures reach _on_delivery, through the producer configuration.
         self._delivery_cb: Callable[..., None] | None = (
@@ -297,6 +305,18 @@ class Worker(Stoppable):
         self._consumer = Consumer(settings.consumer_config(
             settings.group_id, **{"client.id": client, "logger": _KAFKA_LOG}))
         self._producer_conf: dict[str, Any] = {"client.id": client, "logger": _KAFKA_LOG}
+        # Latency defaults of the worker's producer (docs/runtime.md, "Latency"), unless the
+        # operator set the property (FRAUDSTREAM_KAFKA__*): under exactly-once the commit
+        # flushes past linger.ms anyway, but a transaction's AddOffsetsToTxn/AddPartitionsToTxn
+        # that meets the previous transaction's markers still being written
+        # (CONCURRENT_TRANSACTIONS) is retried after retry.backoff.ms, 100 ms by default (the
+        # Java producer retries these after 20 ms); under at-least-once nothing flushes, so
+        # every hop waits out linger.ms.
+        operator_set = set(settings.kafka)
+        if "queue.buffering.max.ms" in operator_set:  # linger.ms under its other name
+            operator_set.add("linger.ms")
+        defaults = {"retry.backoff.ms": 10} if self.exactly_once else {"linger.ms": 1}
+        self._producer_conf.update({k: v for k, v in defaults.items() if k not in operator_set})
         if self.exactly_once:
             self._producer_conf["transactional.id"] = f"{settings.group_id}-{self.instance_id}"
             self._producer_conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
@@ -373,6 +393,8 @@ class Worker(Stoppable):
                     log.info("idle for %.1fs: exiting", exit_when_idle)
                     break
                 self._producer.poll(0)
+                if self._round_offsets is not None:
+                    self._flush_round_step()
                 if self._closed_epochs:
                     self._commit_delivered()
                 if self._commit_due(drained=not msgs or len(msgs) < batch):
@@ -639,7 +661,7 @@ class Worker(Stoppable):
         until it commits, so an idle or lightly loaded worker commits at once rather than after
         the full interval, while a busy one batches. At-least-once outputs are visible when
         delivered; committing early there would only cost round trips."""
-        if not self._batch_records:
+        if not self._batch_records or self._round_offsets is not None:
             return False
         age_ms = (time.monotonic() - self._batch_started) * 1000
         return (self._batch_records >= self.settings.commit_every_records
@@ -703,26 +725,48 @@ class Worker(Stoppable):
                          else "stopped")
 
     def _flush_changelogs(self) -> None:
+        for task in self._tasks.values():
+            self._flush_task(task)
+
+    def _flush_task(self, task: Task) -> None:
+        """Step 3 for one task: its dirty state into RocksDB and its changelog."""
         # Three to five changelog records per event: produced here directly rather than through
         # _produce (one Python call less per record); a full local queue falls back to it.
         produce, cb = self._producer.produce, self._delivery_cb
-        for task in self._tasks.values():
-            if task.scorer is not None:
-                task.scorer.flush()  # per-merchant models into the store, then the changelog
-            changes = task.store.flush()
-            topic, partition = task.stage.changelog_topic, task.partition
-            produced = 0
-            for key, value in changelog.records(changes, task.store.stored, task.migrate):
-                try:
-                    produce(topic, value, key, partition, cb)
-                    produced += 1
-                except BufferError:
-                    if cb is not None:  # at-least-once: count before delivery reports are served
-                        self._undelivered[self._epoch] += produced
-                    produced = 0
-                    self._produce(topic, key, value, partition)
-            if cb is not None:
-                self._undelivered[self._epoch] += produced
+        if task.scorer is not None:
+            task.scorer.flush()  # per-merchant models into the store, then the changelog
+        changes = task.store.flush()
+        topic, partition = task.stage.changelog_topic, task.partition
+        produced = 0
+        for key, value in changelog.records(changes, task.store.stored, task.migrate):
+            try:
+                produce(topic, value, key, partition, cb)
+                produced += 1
+            except BufferError:
+                if cb is not None:  # at-least-once: count before delivery reports are served
+                    self._undelivered[self._epoch] += produced
+                produced = 0
+                self._produce(topic, key, value, partition)
+        if cb is not None:
+            self._undelivered[self._epoch] += produced
+
+    def _flush_round_step(self, everything: bool = False) -> None:
+        """At-least-once: flush the next task of the round in progress (``everything``: all
+        that are left, and whatever changed since the round began); when none is left, the
+        round's offsets wait for its epoch's outputs (see the module docstring)."""
+        if everything:
+            self._round_offsets.update(self._offsets)
+            self._offsets.clear()
+            self._flush_changelogs()
+            self._round_tasks.clear()
+        while self._round_tasks:
+            task = self._tasks.get(self._round_tasks.popleft())
+            if task is not None:  # else closed meanwhile (lost: its offsets are gone too)
+                self._flush_task(task)
+                break
+        if not self._round_tasks:
+            offsets, self._round_offsets = self._round_offsets, None
+            self._close_epoch(offsets)
 
     def commit(self, wait: bool = False) -> None:
         """Steps 3-5 of the commit protocol (see the module docstring).
@@ -734,6 +778,8 @@ class Worker(Stoppable):
             self._recover(self._rewind_reason)
             return
         if not self._batch_records and not self._in_txn:
+            if wait and self._round_offsets is not None:
+                self._flush_round_step(everything=True)
             if wait and self._closed_epochs:
                 self._drain_epochs()
             return
@@ -767,8 +813,11 @@ class Worker(Stoppable):
                 return
             self._in_txn = False
         else:
-            self._flush_changelogs()
-            self._close_epoch()
+            if self._round_offsets is None:  # a round begins (commit_due waits for the last)
+                self._round_offsets = dict(self._offsets)
+                self._offsets.clear()
+                self._round_tasks.extend(self._tasks)
+            self._flush_round_step(everything=wait)
             if wait:
                 self._drain_epochs()
         self.stats.commits += 1
@@ -806,9 +855,9 @@ class Worker(Stoppable):
                 self._child("fraudstream_scores_total", decision).inc(n)
             self._decisions.clear()
 
-    def _close_epoch(self) -> None:
-        """At-least-once: the current batch's offsets wait for its outputs; a new epoch opens."""
-        self._closed_epochs.append((self._epoch, dict(self._offsets)))
+    def _close_epoch(self, offsets: dict[tuple[str, int], int]) -> None:
+        """At-least-once: ``offsets`` wait for the current epoch's outputs; a new epoch opens."""
+        self._closed_epochs.append((self._epoch, offsets))
         self._epoch += 1
         self._undelivered[self._epoch] = 0
         self._delivery_cb = partial(self._on_epoch_delivery, self._epoch)
@@ -1171,6 +1220,9 @@ class Worker(Stoppable):
         for _, offsets in self._closed_epochs:
             for key in gone & offsets.keys():
                 del offsets[key]
+        if self._round_offsets is not None:
+            for key in gone & self._round_offsets.keys():
+                del self._round_offsets[key]
         for key in gone & self._offsets.keys():
             del self._offsets[key]
         if self._in_txn:
