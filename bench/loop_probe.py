@@ -22,7 +22,8 @@ from stream import wire
 from stream.runtime import worker as worker_mod
 
 LONG_MS = 20.0
-STEPS = ("_next_records", "_handle", "commit", "_flush_changelogs", "_commit_delivered",
+STEPS = ("_next_records", "_handle", "commit", "_flush_changelogs", "_flush_round_step",
+         "_commit_delivered",
          "_drain_epochs", "_record_lag", "_record_quality", "_expire_state", "_restore_pending",
          "_apply_models", "_recover")
 
@@ -81,7 +82,8 @@ def _beat(original):
 def install() -> None:
     W = worker_mod.Worker
     for name in STEPS:
-        setattr(W, name, _timed(name, getattr(W, name)))
+        if hasattr(W, name):  # a step another version of the worker does not have
+            setattr(W, name, _timed(name, getattr(W, name)))
     guarded = W._guarded
 
     def _guarded(self, call, name):  # the transactional calls, each under its own name
