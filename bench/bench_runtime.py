@@ -1,17 +1,28 @@
 """The full pipeline's throughput and latency: one ``fraudstream worker`` process on a local broker.
 
-    .venv/bin/python bench/bench_runtime.py [--events 40000] [--rate 500] [--paced 3000]
+    .venv/bin/python bench/bench_runtime.py [--events 40000] [--rounds 2]
+                                            [--rate 5000] [--paced 20000] [--latency-rounds 3]
 
-For each processing guarantee (exactly_once, at_least_once) and each round:
+For each processing guarantee (exactly_once, at_least_once):
 
-* **throughput**: a fresh worker (new group, new state) is warmed up with 200 events; then N
-  events (the simulator's; default features, the default online model) are published at once and
-  the clock runs from the first publish to the last committed score (read_committed): events per
-  second of one worker process running both stages. The worker's CPU seconds over the same span
-  give events per CPU-second, which a busy machine disturbs less.
-* **latency**: with a worker running and caught up, events are published at ``--rate`` per
-  second and each is timed from ``produce`` to its score arriving at a read_committed consumer:
-  p50, p99, p99.9.
+* **throughput** (``--rounds``, skipped with ``--events 0``): a fresh worker (new group, new state)
+  is warmed up with 200 events; then N events (the simulator's; default features, the default
+  online model) are published at once and the clock runs from the first publish to the last
+  committed score (read_committed): events per second of one worker process running both
+  stages. The worker's CPU seconds over the same span give events per CPU-second, which a busy
+  machine disturbs less.
+* **latency** (``--latency-rounds``, each a fresh worker, warmed up): a generator *process*
+  produces ``--paced`` events open loop at ``--rate`` per second (pre-encoded, ``linger.ms=0``;
+  every event due is sent however late the generator runs, so a slow worker meets a backlog, not
+  a slower offer), while this process reads the scores read_committed and times each event from
+  its ``produce`` to its score's arrival: p50, p99, p99.9 over every event. Reported with the
+  rate the generator achieved, how far it fell behind its schedule, the worker's CPU use in
+  cores, and how long after the last send the last score arrived (a worker that cannot keep up
+  shows it there first). Medians over the runs.
+
+``--worker-root`` and ``--worker-python`` run the worker from another checkout (a detached
+checkout of the base commit) with everything else the same, for side-by-side runs; ``--probe``
+runs each worker under ``bench/loop_probe.py`` (its loop timed step by step).
 
 Everything binds to 127.0.0.1; the broker and workers are started and stopped by this script.
 """
@@ -247,7 +258,10 @@ def _generate(producer_conf: dict, topic: str, warm_topic: str,
         producer.poll(0)
         delay = start + i / rate - time.monotonic()
         if delay > 0:
-            time.sleep(delay)
+            # At least a millisecond: at 5,000/s the events due go out in small bursts instead
+            # of one wake-up per event (which cost the generator most of a core). Each event is
+            # timed from its own send.
+            time.sleep(max(delay, 0.001))
     producer.flush(60)
     conn.send((start, sent, failed[0]))
 
@@ -346,8 +360,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=40_000,
                     help="events in each throughput round (0: no throughput rounds)")
-    ap.add_argument("--paced", type=int, default=3_000, help="events in each latency run")
-    ap.add_argument("--rate", type=float, default=500.0, help="offered events/s for latency")
+    ap.add_argument("--paced", type=int, default=20_000, help="events in each latency run")
+    ap.add_argument("--rate", type=float, default=5_000.0, help="offered events/s for latency")
     ap.add_argument("--rounds", type=int, default=2, help="throughput rounds")
     ap.add_argument("--latency-rounds", type=int, default=1,
                     help="latency runs per guarantee (each a fresh worker); medians reported")

@@ -645,7 +645,9 @@ class Worker(Stoppable):
         if msgs:
             return msgs
         wait = 0.05
-        if self._batch_records:
+        if self._round_offsets is not None:  # a flush round goes on in the next iterations
+            wait = 0.0
+        elif self._batch_records:
             age_ms = (time.monotonic() - self._batch_started) * 1000
             wait = max(0.0, min(wait, (self.settings.commit_interval_ms - age_ms) / 1000))
         msgs = self._consumer.consume(1, wait)
