@@ -305,18 +305,12 @@ class Worker(Stoppable):
         self._consumer = Consumer(settings.consumer_config(
             settings.group_id, **{"client.id": client, "logger": _KAFKA_LOG}))
         self._producer_conf: dict[str, Any] = {"client.id": client, "logger": _KAFKA_LOG}
-        # Latency defaults of the worker's producer (docs/runtime.md, "Latency"), unless the
-        # operator set the property (FRAUDSTREAM_KAFKA__*): under exactly-once the commit
-        # flushes past linger.ms anyway, but a transaction's AddOffsetsToTxn/AddPartitionsToTxn
-        # that meets the previous transaction's markers still being written
-        # (CONCURRENT_TRANSACTIONS) is retried after retry.backoff.ms, 100 ms by default (the
-        # Java producer retries these after 20 ms); under at-least-once nothing flushes, so
-        # every hop waits out linger.ms.
-        operator_set = set(settings.kafka)
-        if "queue.buffering.max.ms" in operator_set:  # linger.ms under its other name
-            operator_set.add("linger.ms")
-        defaults = {"retry.backoff.ms": 10} if self.exactly_once else {"linger.ms": 1}
-        self._producer_conf.update({k: v for k, v in defaults.items() if k not in operator_set})
+        if self.exactly_once and "retry.backoff.ms" not in settings.kafka:
+            # A transaction's AddOffsetsToTxn/AddPartitionsToTxn that meets the previous one's
+            # markers still being written (CONCURRENT_TRANSACTIONS) is retried after this, 100 ms
+            # by default: on the latency path (docs/runtime.md, "Latency"). The Java producer
+            # retries these after 20 ms; librdkafka still backs off exponentially from here.
+            self._producer_conf["retry.backoff.ms"] = 10
         if self.exactly_once:
             self._producer_conf["transactional.id"] = f"{settings.group_id}-{self.instance_id}"
             self._producer_conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
