@@ -288,6 +288,7 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
     worker = _start_worker(s, guarantee, work / f"worker-{tag}.log", tag)
     score_consumer = ScoreConsumer(s, from_beginning=True)
     received = [0.0] * len(events)
+    gen = None
     try:
         _warm_up(s, score_consumer, events)
         score_consumer.close()
@@ -302,6 +303,8 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
                                                   s.topic_events, s.topic_dead_letter, records,
                                                   rate, there))
         gen.start()
+        if not here.poll(120):
+            raise RuntimeError(f"{tag}: the load generator did not start")
         here.recv()  # the generator is connected
         cpu0, t0 = _cpu_seconds(worker.pid), time.monotonic()
         here.send("go")
@@ -324,10 +327,14 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
                 result = here.recv()
         cpu, span = _cpu_seconds(worker.pid) - cpu0, time.monotonic() - t0
         if result is None:
+            if not here.poll(120):
+                raise RuntimeError(f"{tag}: the load generator did not finish")
             result = here.recv()
         gen.join(30)
         consumer.close()
     finally:
+        if gen is not None and gen.is_alive():
+            gen.terminate()
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
     start, sent, failed = result
