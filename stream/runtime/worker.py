@@ -941,7 +941,12 @@ class Worker(Stoppable):
                 self._guarded(lambda: self._producer.abort_transaction(_TXN_CALL_S),
                               "abort_transaction")
             except (_Stuck, KafkaException) as exc:
-                if isinstance(exc, KafkaException) and exc.args[0].fatal():
+                # INVALID_TXN_STATE on abort (fatal to librdkafka) is what a coordinator that
+                # restarted answers when it no longer holds the transaction as open: seen when
+                # the broker restarts mid-transaction. Nothing else fences us there, so it is
+                # handled as below; any other fatal error (fenced by another instance) stops.
+                if (isinstance(exc, KafkaException) and exc.args[0].fatal()
+                        and exc.args[0].code() != _RdKafkaError.INVALID_TXN_STATE):
                     raise KafkaError(f"cannot abort the transaction: {exc.args[0].str()}") \
                         from None
                 # A producer that can neither commit nor abort is replaced; the new one's
