@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from features.exceptions import FraudstreamError
 
-__all__ = ["ModelError", "UnknownModelError", "SnapshotError", "ModelConfigError"]
+__all__ = ["ModelError", "UnknownModelError", "SnapshotError", "SnapshotLayoutError",
+           "ModelConfigError"]
 
 
 class ModelError(FraudstreamError):
@@ -20,6 +21,11 @@ class UnknownModelError(ModelError, KeyError):
 
 class SnapshotError(ModelError):
     """A model snapshot could not be read (corrupt, truncated or of another format)."""
+
+
+class SnapshotLayoutError(ModelError):
+    """A stored scored-vector snapshot (``online_models.labels.SnapshotStore``) names a vector
+    layout that is not in the store, or its vector is of an unknown form."""
 
 
 class ModelConfigError(ModelError):

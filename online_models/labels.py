@@ -18,6 +18,18 @@ plain lists whose first element is the event time (epoch ms), containing only ``
 backend can expire entries by their first element. :class:`MemoryKV` is the in-memory backend for
 tests and the backtest.
 
+A stored snapshot's vectors (the model's vector and the challenger's) carry no feature names:
+each is ``(layout id, values)``, its values in the order of a *layout* (the tuple of its keys)
+that is stored once per store under ``layout_prefix`` + id, as ``[LAYOUT_TIME, keys]``
+(``LAYOUT_TIME`` is far in the future so no expiry removes it). The id is a 31-bit hash of the
+keys, so every task and machine derives the same id for the same layout; a layout whose id is
+already taken by other keys (a hash collision) is stored by name. Reading rebuilds an equal dict:
+the same keys in the same order, the values as the codec returned them (marshal: same types,
+same float bits). Snapshots written before (their vectors are dicts) are read as they are; a
+vector of another form, or naming a layout the store does not hold, is a
+:class:`~online_models.exceptions.SnapshotLayoutError`. ``packed=True`` (in-memory backends only)
+keeps vectors packed in C memory instead.
+
 >>> store = SnapshotStore(MemoryKV(), ttl_ms=10 * DAY_MS)
 >>> store.put(Snapshot("e1", "m1", 0, {"amount": 5.0}, raw=0.2, score=0.1,
 ...                    global_version="default-1.0"))
@@ -32,18 +44,29 @@ tests and the backtest.
 
 from __future__ import annotations
 
+import hashlib
+import marshal
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from features.store import DictStore
 from online_models._linear import VectorPacker
+from online_models.exceptions import SnapshotLayoutError
 
 __all__ = ["KeyValue", "MemoryKV", "Snapshot", "SnapshotStore", "JoinStats", "Example",
-           "DAY_MS", "DEFAULT_TTL_MS", "JOINED", "UNKNOWN", "EXPIRED", "DUPLICATE"]
+           "DAY_MS", "DEFAULT_TTL_MS", "LAYOUT_TIME", "layout_id", "JOINED", "UNKNOWN", "EXPIRED", "DUPLICATE"]
 
 DAY_MS = 86_400_000
 DEFAULT_TTL_MS = 120 * DAY_MS
 JOINED, UNKNOWN, EXPIRED, DUPLICATE = "joined", "unknown", "expired", "duplicate"
+#: The "event time" a stored vector layout is kept under: never older than an expiry horizon.
+LAYOUT_TIME = 2**62
+
+
+def layout_id(keys: tuple) -> int:
+    """The id of a vector layout (its keys in order): a 31-bit hash, the same in every process."""
+    digest = hashlib.blake2b(marshal.dumps(keys, 4), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF
 
 
 @runtime_checkable
@@ -133,10 +156,12 @@ class JoinStats:
 class SnapshotStore:
     """Snapshots by event id over a :class:`KeyValue` backend (see the module docstring).
 
-    ``packed=True`` keeps the vectors of stored snapshots packed
-    (:class:`online_models._linear.VectorPacker`: their values as C doubles, a fraction of a
-    dict's memory, unpacked to an equal dict when read). For a backend that keeps objects in
-    memory as they are (:class:`MemoryKV`, the backtest's): packed vectors do not serialise.
+    Vectors are stored as ``(layout id, values)`` with their layouts stored once under
+    ``layout_prefix`` (see the module docstring). ``packed=True`` keeps the vectors of stored
+    snapshots packed instead (:class:`online_models._linear.VectorPacker`: their values as C
+    doubles, a fraction of a dict's memory, unpacked to an equal dict when read). For a backend
+    that keeps objects in memory as they are (:class:`MemoryKV`, the backtest's): packed vectors
+    do not serialise.
     """
 
     kv: KeyValue
@@ -144,7 +169,13 @@ class SnapshotStore:
     prefix: bytes = b"snap:"
     stats: JoinStats = field(default_factory=JoinStats)
     packed: bool = False
+    layout_prefix: bytes = b"snaplayout:"
     _packer: VectorPacker | None = field(default=None, init=False, repr=False)
+    # Layouts by id (known to be in the store, or read from it); the last one written.
+    _layouts: dict = field(default_factory=dict, init=False, repr=False)
+    _ids: dict = field(default_factory=dict, init=False, repr=False)   # keys -> id (-1: taken)
+    _keys: tuple | None = field(default=None, init=False, repr=False)
+    _id: int = field(default=-1, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.packed:
@@ -153,12 +184,62 @@ class SnapshotStore:
     def _key(self, event_id: str) -> bytes:
         return self.prefix + event_id.encode()
 
+    def _compact(self, vector: dict) -> Any:
+        """``(layout id, values)`` of a vector; the vector itself if its layout's id is taken."""
+        keys = tuple(vector)
+        if keys != self._keys:
+            lid = self._ids.get(keys)
+            if lid is None:
+                lid = self._ids[keys] = self._register(keys)
+            if lid < 0:
+                return vector
+            self._keys, self._id = keys, lid
+        return (self._id, tuple(vector.values()))
+
+    def _register(self, keys: tuple) -> int:
+        """Store a layout once (it is changelogged with the snapshots that use it); its id, or
+        -1 if another layout holds that id."""
+        lid = layout_id(keys)
+        known = self._layouts.get(lid)
+        if known is None:
+            key = self.layout_prefix + str(lid).encode()
+            stored = self.kv.get(key)
+            if stored is None:
+                self.kv.put(key, [LAYOUT_TIME, keys])
+                stored = [LAYOUT_TIME, keys]
+            known = self._layouts[lid] = tuple(stored[1])
+        return lid if known == keys else -1
+
+    def _vector(self, v: Any, event_id: str) -> dict:
+        """The dict of a stored vector (see the module docstring)."""
+        if type(v) is dict:
+            return v  # stored by name: written before layouts, or under a taken id
+        if type(v) is not tuple or len(v) != 2 or type(v[0]) is not int:
+            raise SnapshotLayoutError(f"snapshot of event {event_id!r}: vector of unknown form "
+                                      f"{type(v).__name__}")
+        lid, values = v
+        keys = self._layouts.get(lid)
+        if keys is None:
+            stored = self.kv.get(self.layout_prefix + str(lid).encode())
+            if stored is None:
+                raise SnapshotLayoutError(f"snapshot of event {event_id!r}: vector layout {lid} "
+                                          f"is not in the store")
+            keys = self._layouts[lid] = tuple(stored[1])
+        if len(values) != len(keys):
+            raise SnapshotLayoutError(f"snapshot of event {event_id!r}: {len(values)} values for "
+                                      f"layout {lid} of {len(keys)} keys")
+        return dict(zip(keys, values))
+
     def put(self, snapshot: Snapshot) -> None:
         v = snapshot.to_list()
         if self._packer is not None:
             v[3] = self._packer.pack(v[3])
             if v[11] is not None:
                 v[11] = self._packer.pack(v[11])
+        else:
+            v[3] = self._compact(v[3])
+            if v[11] is not None:
+                v[11] = self._compact(v[11])
         self.kv.put(self._key(snapshot.event_id), v, cache=False)
 
     def _snapshot(self, v: list) -> Snapshot:
@@ -167,6 +248,10 @@ class SnapshotStore:
             snap.vector = self._packer.unpack(snap.vector)
             if snap.challenger_vector is not None:
                 snap.challenger_vector = self._packer.unpack(snap.challenger_vector)
+        else:
+            snap.vector = self._vector(snap.vector, snap.event_id)
+            if snap.challenger_vector is not None:
+                snap.challenger_vector = self._vector(snap.challenger_vector, snap.event_id)
         return snap
 
     def get(self, event_id: str) -> Snapshot | None:

@@ -10,7 +10,9 @@ and the scorer's snapshot for delayed labels (``snap:`` + event id). Those two t
     value = LAYOUT byte + marshal((label-index entry bytes or None, snapshot bytes or None))
 
 (marshal, like the state values themselves: ``features.store``; a third of the cost of
-length-prefixed framing.)
+length-prefixed framing.) The snapshot bytes are the store's encoded value as it is: its vectors
+carry a layout id instead of feature names, and the layouts are ordinary state keys
+(``SnapshotStore.layout_prefix``), changelogged as their own records (``online_models.labels``).
 
 An event record holds the current value of both entries (one that did not change in the commit
 is read back from the store), so compaction can keep only the latest one; when both are gone
