@@ -71,7 +71,8 @@ def main() -> None:
         puts.append(p)
         takes.append(t)
     out = {"events": a.events, "features_in_vector": len(rows[-1][3]),
-           "put_us": round(statistics.median(puts), 2), "take_us": round(statistics.median(takes), 2),
+           "put_us": round(statistics.median(puts), 2),
+           "take_us": round(statistics.median(takes), 2),
            "snapshot_bytes": round(statistics.mean(snap_bytes), 1),
            "event_record_bytes": round(statistics.mean(len(r) for r in recs), 1)}
     try:

@@ -54,7 +54,8 @@ from online_models._linear import VectorPacker
 from online_models.exceptions import SnapshotLayoutError
 
 __all__ = ["KeyValue", "MemoryKV", "Snapshot", "SnapshotStore", "JoinStats", "Example",
-           "DAY_MS", "DEFAULT_TTL_MS", "LAYOUT_TIME", "layout_id", "JOINED", "UNKNOWN", "EXPIRED", "DUPLICATE"]
+           "DAY_MS", "DEFAULT_TTL_MS", "LAYOUT_TIME", "layout_id", "JOINED", "UNKNOWN",
+           "EXPIRED", "DUPLICATE"]
 
 DAY_MS = 86_400_000
 DEFAULT_TTL_MS = 120 * DAY_MS
