@@ -45,7 +45,6 @@ keeps vectors packed in C memory instead.
 from __future__ import annotations
 
 import hashlib
-import marshal
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -66,7 +65,8 @@ LAYOUT_TIME = 2**62
 
 def layout_id(keys: tuple) -> int:
     """The id of a vector layout (its keys in order): a 31-bit hash, the same in every process."""
-    digest = hashlib.blake2b(marshal.dumps(keys, 4), digest_size=4).digest()
+    # repr, not marshal: marshal's bytes depend on reference counts and interning.
+    digest = hashlib.blake2b(repr(keys).encode(), digest_size=4).digest()
     return int.from_bytes(digest, "big") & 0x7FFF_FFFF
 
 

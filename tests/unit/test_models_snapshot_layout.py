@@ -189,3 +189,10 @@ def test_learning_is_bit_identical_to_named_snapshots():
     models = [{k: v for k, v in dict(kv.items()).items() if not k.startswith(b"snap")}
               for kv in (compact_kv, named_kv)]
     assert len(models[0]) == 3 and models[0] == models[1]
+
+
+def test_a_layout_id_is_the_same_in_every_process():
+    keys = ("user_txn_count_1h", "amount")
+    rebuilt = tuple("".join(list(k)) for k in keys)     # equal strings, not the same objects
+    assert layout_id(rebuilt) == layout_id(keys) == 1691411104
+    assert layout_id(keys[::-1]) != layout_id(keys)      # the order is part of the layout
