@@ -1137,13 +1137,13 @@ class Worker(Stoppable):
         self._record_state_size()
 
     def _record_state_size(self) -> None:
-        """Entries and bytes of the local stores per stage (RocksDB's own estimates: cheap)."""
+        """Entries and bytes of the local stores per stage (RocksDB's own estimates plus the
+        writes a store still buffers: cheap)."""
         entries: dict[str, int] = {s.name: 0 for s in self.topology.stages}
         size: dict[str, int] = dict(entries)
         for task in self._tasks.values():
-            backend = task.store.backend
-            entries[task.stage.name] += backend.entry_count()
-            size[task.stage.name] += backend.size_bytes()
+            entries[task.stage.name] += task.store.entry_count()
+            size[task.stage.name] += task.store.size_bytes()
         for stage, n in entries.items():
             self._child("fraudstream_state_entities", stage).set(n)
             self._child("fraudstream_state_bytes", stage).set(size[stage])

@@ -229,6 +229,19 @@ class CachedStore:
                     for key in part)
                 or self.backend.has_prefix(prefix))
 
+    def entry_count(self) -> int:
+        """Entries stored, as estimated: the backend's estimate plus the puts still buffered
+        (write-behind). A buffered overwrite of a stored key counts twice, as RocksDB's own
+        estimate counts overwrites still in its memtables."""
+        return self.backend.entry_count() + sum(1 for raw in self._pending.values()
+                                                if raw is not None)
+
+    def size_bytes(self) -> int:
+        """Bytes stored: the backend's size plus the keys and values still buffered."""
+        return self.backend.size_bytes() + sum(len(key) + len(raw)
+                                               for key, raw in self._pending.items()
+                                               if raw is not None)
+
     def _write_dirty(self) -> None:
         """Stage every dirty object's encoded value, recorded as a change for the next flush."""
         young, old, pending, changes = self._young, self._old, self._pending, self._changes
