@@ -23,6 +23,7 @@ from stream.runtime import worker as worker_mod
 
 LONG_MS = 20.0
 STEPS = ("_next_records", "_handle", "commit", "_flush_changelogs", "_flush_round_step",
+         "_settle_commit",
          "_commit_delivered",
          "_drain_epochs", "_record_lag", "_record_quality", "_expire_state", "_restore_pending",
          "_apply_models", "_recover")

@@ -16,8 +16,22 @@ Commit protocol (``processing_guarantee = "exactly_once"``, the default):
 4. The consumed input offsets are added to the transaction (``send_offsets_to_transaction`` with the
    consumer's group metadata, which fences a zombie owner after a rebalance).
 5. The transaction is committed: outputs, changelog records and input offsets become visible
-   together or not at all.
-6. Only when a task is closed cleanly (revocation, shutdown) after step 5 is its local checkpoint
+   together or not at all. Steps 4 and 5 run on the transactional-call thread; the loop does not
+   wait for their broker round trips.
+6. Meanwhile the loop goes on with the next records, outside any transaction: it begins none,
+   and the outputs of that work (scores, forwards, routed labels, dead letters, training
+   examples) are held in memory, not produced, so nothing of it can enter the committing
+   transaction. Its input offsets are recorded apart from those sent in step 4, and its state
+   changes stay in the stores, unflushed (step 3 already wrote the committing transaction's).
+   No commit starts while one is in flight; with ``commit_every_records`` records held the loop
+   waits for it.
+7. When the commit returns: committed, the next transaction begins and the held outputs are
+   produced into it (that work is now at step 2; if its batch is already due, step 3 follows at
+   once). Failed, the recovery below covers the held work too: held outputs are dropped, and
+   its state changes go with the stores, which are rebuilt from the changelog (which has none
+   of them). Revocation, shutdown, a lost partition and a rewind all wait for a commit in
+   flight before anything else.
+8. Only when a task is closed cleanly (revocation, shutdown) after step 5 is its local checkpoint
    written: the changelog's end offset that the RocksDB store now includes.
 
 Opening a task consumes its checkpoint before any write (:mod:`stream.runtime.checkpoint`): with a
@@ -30,9 +44,9 @@ the worker aborts it, drops every task without a checkpoint, seeks its input bac
 offsets and restores each task from its changelog: the state returns to exactly the last commit and
 processing resumes. Fatal errors (another instance fenced this one) stop the worker.
 
-Under ``at_least_once`` there is no transaction and steps 4 and 5 become: commit a batch's input
-offsets once every output it produced (changelog records included) is delivered. The worker does
-not wait for that: each batch is an *epoch* whose outputs carry the epoch's delivery callback,
+Under ``at_least_once`` there is no transaction (no steps 6 and 7) and steps 4 and 5 become:
+commit a batch's input offsets once every output it produced (changelog records included) is
+delivered. The worker does not wait for that: each batch is an *epoch* whose outputs carry the epoch's delivery callback,
 and the offsets of the oldest epochs whose outputs are all acknowledged are committed
 asynchronously from the main loop, so delivery round trips never stall processing. Step 3 runs
 as a *flush round*, one task per loop iteration, so that writing a commit interval's state
@@ -93,6 +107,9 @@ _KAFKA_LOG = logging.getLogger("fraudstream.kafka")
 # Transactional calls get this timeout; a call still blocked after _WATCHDOG_S is declared stuck.
 _TXN_CALL_S = 30
 _WATCHDOG_S = 45
+# While a commit is in flight the loop waits for records no longer than this at a time, so that
+# it sees the commit return soon (nothing can wake a consumer's wait from the call thread).
+_INFLIGHT_WAIT_S = 0.002
 
 
 class _Stuck(Exception):
@@ -125,17 +142,36 @@ class _CallThread:
                 outcome.append(exc)
             done.set()
 
-    def run(self, call: Callable[[], None], timeout: float) -> BaseException | None:
-        """Run ``call`` on the thread; what it raised, or None. ``_Stuck`` after ``timeout``."""
+    def submit(self, call: Callable[[], None]) -> tuple[threading.Event, list]:
+        """Queue ``call``; the event is set when it has run, and the list then holds what it
+        raised, or None."""
         done = threading.Event()
         outcome: list[BaseException | None] = []
         self._calls.put((call, done, outcome))
+        return done, outcome
+
+    def run(self, call: Callable[[], None], timeout: float) -> BaseException | None:
+        """Run ``call`` on the thread; what it raised, or None. ``_Stuck`` after ``timeout``."""
+        done, outcome = self.submit(call)
         if not done.wait(timeout):
             raise _Stuck()
         return outcome[0]
 
     def stop(self) -> None:
         self._calls.put(None)
+
+
+@dataclass
+class _InFlight:
+    """An exactly-once commit running on the transactional-call thread (see the module
+    docstring, steps 4-7)."""
+
+    done: threading.Event
+    outcome: list
+    step: list            # the transactional call it is in, for the watchdog's message
+    deadline: float       # time.monotonic() after which it is declared stuck
+    started: float        # time.perf_counter() when the commit began (commit_seconds)
+    e2e: list[int]        # append times of the events it scores (end_to_end_seconds)
 
 
 # Keys of internal repartition records: an event with the features computed so far (and when the
@@ -281,6 +317,11 @@ class Worker(Stoppable):
         self._stopper = GracefulStop("finishing the current batch")
         self._calls: _CallThread | None = None   # made on the first transactional call
         self._in_txn = False
+        # Exactly-once: the commit running on the call thread, and meanwhile the outputs of the
+        # next batch, held until that commit returns and the next transaction begins (None when
+        # no commit is in flight: outputs are produced at once).
+        self._inflight: _InFlight | None = None
+        self._held: list[tuple] | None = None
         self._batch_records = 0
         self._batch_started = 0.0
         self._delivery_error: str | None = None
@@ -365,6 +406,9 @@ class Worker(Stoppable):
         try:
             while not self._stop:
                 self.metrics.beat()
+                if (self._inflight is not None
+                        and self._batch_records >= self.settings.commit_every_records):
+                    self._settle_commit()  # enough held: wait for the commit in flight
                 if self._to_restore:
                     self._restore_pending()
                     last_activity = time.monotonic()
@@ -383,10 +427,14 @@ class Worker(Stoppable):
                         self._recover(exc.args[0].str())
                         continue
                 elif (exit_when_idle is not None and not self._batch_records
+                      and self._inflight is None
                       and time.monotonic() - last_activity >= exit_when_idle):
                     log.info("idle for %.1fs: exiting", exit_when_idle)
                     break
                 self._producer.poll(0)
+                if self._inflight is not None and (self._inflight.done.is_set() or
+                                                   time.monotonic() >= self._inflight.deadline):
+                    self._settle_commit()
                 if self._round_offsets is not None:
                     self._flush_round_step()
                 if self._closed_epochs:
@@ -447,7 +495,7 @@ class Worker(Stoppable):
             if err is not None:
                 consumer_error(err, "consuming")
                 continue
-            if not self._in_txn and self.exactly_once:
+            if not self._in_txn and self.exactly_once and self._held is None:
                 self._producer.begin_transaction()
                 self._in_txn = True
             if not self._batch_records:
@@ -602,6 +650,10 @@ class Worker(Stoppable):
         # Record timestamps stay the produce time; event time is in the payload (see publisher).
         # Per record: positional arguments (topic, value, key, partition, on_delivery), no
         # keyword dict unless there are headers; -1 lets the partitioner choose.
+        held = self._held
+        if held is not None:  # exactly-once, a commit in flight: produced when it returns
+            held.append((topic, key, value, partition, headers))
+            return
         cb = self._delivery_cb
         if cb is not None:  # at-least-once: count the epoch's outputs (exactly-once: see below)
             self._undelivered[self._epoch] += 1
@@ -641,6 +693,8 @@ class Worker(Stoppable):
         wait = 0.05
         if self._round_offsets is not None:  # a flush round goes on in the next iterations
             wait = 0.0
+        elif self._inflight is not None:  # look again soon: the held outputs wait for it
+            wait = _INFLIGHT_WAIT_S
         elif self._batch_records:
             age_ms = (time.monotonic() - self._batch_started) * 1000
             wait = max(0.0, min(wait, (self.settings.commit_interval_ms - age_ms) / 1000))
@@ -657,7 +711,8 @@ class Worker(Stoppable):
         until it commits, so an idle or lightly loaded worker commits at once rather than after
         the full interval, while a busy one batches. At-least-once outputs are visible when
         delivered; committing early there would only cost round trips."""
-        if not self._batch_records or self._round_offsets is not None:
+        if (not self._batch_records or self._round_offsets is not None
+                or self._inflight is not None):
             return False
         age_ms = (time.monotonic() - self._batch_started) * 1000
         return (self._batch_records >= self.settings.commit_every_records
@@ -767,12 +822,17 @@ class Worker(Stoppable):
     def commit(self, wait: bool = False) -> None:
         """Steps 3-5 of the commit protocol (see the module docstring).
 
-        Under at-least-once the batch's offsets are committed once its outputs are delivered,
-        later (from the main loop) unless ``wait``: then everything is flushed and committed now.
+        Under exactly-once steps 4 and 5 run on the call thread while the loop goes on (settled
+        by ``_settle_commit``), unless ``wait``: then a commit in flight is waited for and
+        everything is committed now. Under at-least-once the batch's offsets are committed once
+        its outputs are delivered, later (from the main loop) unless ``wait``: then everything
+        is flushed and committed now.
         """
         if self._rewind_reason is not None:
             self._recover(self._rewind_reason)
             return
+        if self._inflight is not None:
+            self._settle_commit()  # a failed one rewinds: nothing is left to commit then
         if not self._batch_records and not self._in_txn:
             if wait and self._round_offsets is not None:
                 self._flush_round_step(everything=True)
@@ -785,27 +845,17 @@ class Worker(Stoppable):
             try:
                 self._flush_changelogs()
                 metadata = self._consumer.consumer_group_metadata()
+                if not wait:
+                    self._start_commit(offsets, metadata, commit_started)
+                    return
                 self._guarded(lambda: self._producer.send_offsets_to_transaction(
                     offsets, metadata, _TXN_CALL_S), "send_offsets_to_transaction")
                 self._guarded(self._commit_transaction, "commit_transaction")
             except _Stuck as stuck:
-                # A librdkafka call outlived its own timeout (seen when the group coordinator
-                # disappears mid-call). Fence the stuck producer with a fresh one under the same
-                # transactional id, which aborts its open transaction, then rewind.
-                log.error("%s did not return within %ss: replacing the producer", stuck,
-                          _WATCHDOG_S)
-                self._producer = Producer(self.settings.producer_config(**self._producer_conf))
-                self._init_transactions()
-                self._recover(str(stuck), abort=False)
+                self._replace_stuck_producer(str(stuck))
                 return
             except KafkaException as exc:
-                err = exc.args[0]
-                if err.fatal():
-                    self._in_txn = False
-                    raise KafkaError(f"transaction failed: {err.str()}") from None
-                # Abortable, or timed out (outputs expired while the broker was away): either
-                # way this transaction cannot be trusted to commit; start again from the last one.
-                self._recover(err.str())
+                self._transaction_failed(exc.args[0])
                 return
             self._in_txn = False
         else:
@@ -816,20 +866,101 @@ class Worker(Stoppable):
             self._flush_round_step(everything=wait)
             if wait:
                 self._drain_epochs()
+        self._offsets.clear()
+        self._batch_records = 0
+        self._committed(commit_started, self._e2e_pending)
+        self._e2e_pending = []
+
+    def _committed(self, started: float, e2e_pending: list[int]) -> None:
+        """A commit is done: its counters and timings."""
         self.stats.commits += 1
         self._count_late()
         self._count_records()
-        self._offsets.clear()
-        self._batch_records = 0
         m = self.metrics
-        m["fraudstream_commit_seconds"].observe(time.perf_counter() - commit_started)
+        m["fraudstream_commit_seconds"].observe(time.perf_counter() - started)
         m["fraudstream_commits_total"].inc()
-        if self._e2e_pending:
+        if e2e_pending:
             now_ms = time.time() * 1000
             e2e = m["fraudstream_end_to_end_seconds"]
-            for appended in self._e2e_pending:
+            for appended in e2e_pending:
                 e2e.observe(max(0.0, now_ms - appended) / 1000)
-            self._e2e_pending.clear()
+
+    def _start_commit(self, offsets: list[TopicPartition], metadata: Any,
+                      started: float) -> None:
+        """Exactly-once steps 4 and 5 on the call thread; the loop goes on meanwhile, holding
+        the next batch's outputs (steps 6 and 7 in the module docstring)."""
+        if self._calls is None:
+            self._calls = _CallThread()
+        producer, step = self._producer, ["send_offsets_to_transaction"]
+
+        def send_and_commit() -> None:
+            producer.send_offsets_to_transaction(offsets, metadata, _TXN_CALL_S)
+            step[0] = "commit_transaction"
+            self._commit_transaction(producer)
+
+        done, outcome = self._calls.submit(send_and_commit)
+        # Two calls, each with the watchdog's allowance.
+        self._inflight = _InFlight(done, outcome, step, time.monotonic() + 2 * _WATCHDOG_S,
+                                   started, self._e2e_pending)
+        self._e2e_pending = []
+        self._held = []
+        self._in_txn = False
+        self._offsets.clear()
+        self._batch_records = 0
+
+    def _await_commit(self) -> BaseException | None:
+        """Wait for the commit in flight (up to its deadline); what it raised, or None when it
+        committed (then counted). ``_Stuck`` when it did not return in time."""
+        inflight, self._inflight = self._inflight, None
+        if not inflight.done.wait(max(0.0, inflight.deadline - time.monotonic())):
+            self._calls = None  # blocked in the call: abandoned, the next call gets a new one
+            raise _Stuck(inflight.step[0])
+        error = inflight.outcome[0]
+        if error is None:
+            self._committed(inflight.started, inflight.e2e)
+        return error
+
+    def _settle_commit(self) -> None:
+        """Step 7: wait for the commit in flight; when it committed, begin the next transaction
+        and produce the held outputs into it; when it failed, rewind (held work included)."""
+        try:
+            error = self._await_commit()
+        except _Stuck as stuck:
+            self._replace_stuck_producer(str(stuck))
+            return
+        if error is not None:
+            if not isinstance(error, KafkaException):
+                raise error
+            self._transaction_failed(error.args[0])
+            return
+        held, self._held = self._held, None
+        if not self._batch_records:
+            return
+        try:
+            self._producer.begin_transaction()
+            self._in_txn = True
+            for topic, key, value, partition, headers in held:
+                self._produce(topic, key, value, partition, headers)
+        except KafkaException as exc:
+            self._transaction_failed(exc.args[0])
+
+    def _transaction_failed(self, err: _RdKafkaError) -> None:
+        if err.fatal():
+            self._in_txn = False
+            self._held = None
+            raise KafkaError(f"transaction failed: {err.str()}") from None
+        # Abortable, or timed out (outputs expired while the broker was away): either way this
+        # transaction cannot be trusted to commit; start again from the last one.
+        self._recover(err.str())
+
+    def _replace_stuck_producer(self, stuck: str) -> None:
+        """A librdkafka call outlived its own timeout (seen when the group coordinator
+        disappears mid-call). Fence the stuck producer with a fresh one under the same
+        transactional id, which aborts its open transaction, then rewind."""
+        log.error("%s did not return within %ss: replacing the producer", stuck, _WATCHDOG_S)
+        self._producer = Producer(self.settings.producer_config(**self._producer_conf))
+        self._init_transactions()
+        self._recover(stuck, abort=False)
 
     def _count_late(self) -> None:
         """Add each task's late events since the last commit to the counter (per commit, not
@@ -902,12 +1033,13 @@ class Worker(Stoppable):
         if error is not None:
             raise error
 
-    def _commit_transaction(self) -> None:
+    def _commit_transaction(self, producer: Producer | None = None) -> None:
         """Commit, retrying while the outcome is unknown (e.g. the coordinator is moving)."""
+        producer = producer or self._producer
         deadline = time.monotonic() + _WATCHDOG_S - _TXN_CALL_S
         while True:
             try:
-                self._producer.commit_transaction(_TXN_CALL_S)
+                producer.commit_transaction(_TXN_CALL_S)
                 return
             except KafkaException as exc:
                 err = exc.args[0]
@@ -936,7 +1068,21 @@ class Worker(Stoppable):
                         self._delivery_failures, self._delivery_error)
         log.warning("aborting the transaction (%s): rewinding to the last commit", reason)
         self._delivery_failures = 0
-        if abort:
+        # A commit in flight finishes first (committed or not); the held work of the next batch
+        # is dropped with the rest. Abort only what is still open then.
+        open_txn = True
+        if self._inflight is not None:
+            try:
+                failed = self._await_commit() is not None
+                open_txn = self._in_txn or failed
+            except _Stuck as stuck:
+                log.error("%s did not return within %ss: replacing the producer", stuck,
+                          _WATCHDOG_S)
+                self._producer = Producer(self.settings.producer_config(**self._producer_conf))
+                self._init_transactions()
+                open_txn = False
+        self._held = None
+        if abort and open_txn:
             try:
                 self._guarded(lambda: self._producer.abort_transaction(_TXN_CALL_S),
                               "abort_transaction")
@@ -1226,9 +1372,10 @@ class Worker(Stoppable):
                 del self._round_offsets[key]
         for key in gone & self._offsets.keys():
             del self._offsets[key]
-        if self._in_txn:
-            # The open transaction holds outputs of partitions that are gone, so it cannot commit:
-            # the main loop rewinds to the last commit (the same recovery as an aborted one).
+        if self._in_txn or self._inflight is not None:
+            # The open transaction (or the work held for the next one) holds outputs of
+            # partitions that are gone, so it cannot commit: the main loop rewinds to the last
+            # commit (the same recovery as an aborted one; it waits for a commit in flight).
             self._rewind_reason = "partitions lost with a transaction open"
         log.warning("lost %s", _describe(partitions))
 
