@@ -122,7 +122,8 @@ class _CallThread:
     One long-lived thread rather than one per call: starting a thread makes the loop wait until
     the new thread is scheduled (up to milliseconds on a loaded machine), twice per commit. A call
     that does not return in time leaves this thread blocked in librdkafka; the worker abandons it
-    (a daemon thread does not hold up the exit) and the next call starts a fresh one.
+    (a daemon thread does not hold up the exit) and the next call starts a fresh one. The
+    exactly-once commit is ``submit``-ted without waiting: the loop goes on while it runs.
     """
 
     def __init__(self) -> None:
@@ -340,16 +341,6 @@ class Worker(Stoppable):
         # only failures reach _on_delivery, through the producer configuration.
         self._delivery_cb: Callable[..., None] | None = (
             None if self.exactly_once else partial(self._on_epoch_delivery, 0))
-        # At-least-once, several stages: a batch's records of later stages are handled first
-        # (a stable sort, so each partition keeps its order). After a stall the batch holds
-        # both the backlog of new events and the forwards of events already half done; those
-        # are one step from their score, and behind a full batch of first-stage records they
-        # would wait for all of it. Under exactly-once nothing is visible before the commit, so
-        # the order within a batch does not matter there.
-        rank = {st.input_topic: -st.index for st in self.topology.stages}
-        self._later_first: Callable[[Message], int] | None = (
-            None if self.exactly_once or len(self.topology.stages) == 1
-            else (lambda msg: rank.get(msg.topic(), 0)))
 
         client = f"{settings.client_id}-{self.instance_id}"
         # librdkafka's own log lines go through Python logging (and so the configured format).
@@ -423,8 +414,6 @@ class Worker(Stoppable):
                     self._restore_pending()
                     last_activity = time.monotonic()
                 msgs = self._next_records(batch)
-                if self._later_first is not None and len(msgs) > 1:
-                    msgs.sort(key=self._later_first)
                 if self._rewind_reason is not None:
                     self._recover(self._rewind_reason)  # what was just consumed is re-read
                     continue
