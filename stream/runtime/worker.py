@@ -46,13 +46,13 @@ processing resumes. Fatal errors (another instance fenced this one) stop the wor
 
 Under ``at_least_once`` there is no transaction (no steps 6 and 7) and steps 4 and 5 become:
 commit a batch's input offsets once every output it produced (changelog records included) is
-delivered. The worker does not wait for that: each batch is an *epoch* whose outputs carry the epoch's delivery callback,
-and the offsets of the oldest epochs whose outputs are all acknowledged are committed
-asynchronously from the main loop, so delivery round trips never stall processing. Step 3 runs
-as a *flush round*, one task per loop iteration, so that writing a commit interval's state
-changes never stops processing for long: the round takes the offsets consumed so far, flushes
-every task in turn (a task flushed later also writes the changes made meanwhile, which is
-harmless), and only then closes the epoch with those offsets. Revocation and shutdown finish the
+delivered. The worker does not wait for that: each batch is an *epoch* whose outputs carry the
+epoch's delivery callback, and the offsets of the oldest epochs whose outputs are all
+acknowledged are committed asynchronously from the main loop, so delivery round trips never
+stall processing. Step 3 runs as a *flush round*, one task per loop iteration, so that writing
+a commit interval's state changes never stops processing for long: the round takes the offsets
+consumed so far, flushes every task in turn (a task flushed later also writes the changes made
+meanwhile, which is harmless), and only then closes the epoch with those offsets. Revocation and shutdown finish the
 round, flush the producer and commit synchronously. A crash re-processes what was not committed;
 feature state may then count those events twice.
 """
@@ -956,12 +956,16 @@ class Worker(Stoppable):
 
     def _replace_stuck_producer(self, stuck: str) -> None:
         """A librdkafka call outlived its own timeout (seen when the group coordinator
-        disappears mid-call). Fence the stuck producer with a fresh one under the same
-        transactional id, which aborts its open transaction, then rewind."""
+        disappears mid-call): fence the stuck producer, then rewind."""
+        self._fence_stuck_producer(stuck)
+        self._recover(stuck, abort=False)
+
+    def _fence_stuck_producer(self, stuck: str) -> None:
+        """A fresh producer under the same transactional id: its ``init_transactions`` fences
+        the stuck one and aborts whatever transaction it left open."""
         log.error("%s did not return within %ss: replacing the producer", stuck, _WATCHDOG_S)
         self._producer = Producer(self.settings.producer_config(**self._producer_conf))
         self._init_transactions()
-        self._recover(stuck, abort=False)
 
     def _count_late(self) -> None:
         """Add each task's late events since the last commit to the counter (per commit, not
@@ -1077,10 +1081,7 @@ class Worker(Stoppable):
                 failed = self._await_commit() is not None
                 open_txn = self._in_txn or failed
             except _Stuck as stuck:
-                log.error("%s did not return within %ss: replacing the producer", stuck,
-                          _WATCHDOG_S)
-                self._producer = Producer(self.settings.producer_config(**self._producer_conf))
-                self._init_transactions()
+                self._fence_stuck_producer(str(stuck))
                 open_txn = False
         self._held = None
         if abort and open_txn:
