@@ -85,3 +85,25 @@ def count_scores(settings: Settings, topic: str | None = None) -> int:
     """How many committed records the scores topic holds now (sum of partition end offsets is
     not enough under transactions: commit markers take offsets too)."""
     return len(read_topic(settings, topic or settings.topic_scores, timeout=2, idle=0))
+
+
+def scores_by_event(settings: Settings, topic: str, expected: int) -> dict[str, list[float]]:
+    """Every committed score of ``topic`` by event id (a list: an event scored twice has two)."""
+    from stream.events import decode_score
+
+    out: dict[str, list[float]] = {}
+    for m in read_topic(settings, topic, expected=expected, timeout=240, idle=3):
+        sc = decode_score(m.value())
+        out.setdefault(sc.event_id, []).append(sc.score)
+    return out
+
+
+def assert_reference_scores(got: dict[str, list[float]], expected: dict[str, list[float]],
+                            event_ids: set[str]) -> None:
+    """Exactly one score per event of ``event_ids``, each equal to the reference run's."""
+    duplicates = {k: v for k, v in got.items() if len(v) != 1}
+    assert not duplicates, f"{len(duplicates)} events scored more than once"
+    assert set(got) == set(expected) == event_ids
+    mismatched = [k for k in expected if got[k][0] != expected[k][0]]
+    assert not mismatched, (f"{len(mismatched)} scores differ from the reference, e.g. "
+                            f"{mismatched[0]}: {got[mismatched[0]]} vs {expected[mismatched[0]]}")

@@ -20,12 +20,12 @@ import sys
 from pathlib import Path
 
 from stream.demo import generate_events
-from stream.events import decode_score
 from stream.publisher import EventPublisher
 from stream.runtime import Worker
 from stream.topics import ensure_topics
 from tests.conftest import ROOT
-from tests.kafka_util import FAST_FAILOVER, group_offsets, process_env, read_topic
+from tests.kafka_util import (FAST_FAILOVER, assert_reference_scores, group_offsets,
+                              process_env, read_topic, scores_by_event)
 
 N_EVENTS = 12_000
 # The SIGKILL test publishes its events in chunks, one before each run, so that every run has
@@ -40,14 +40,6 @@ def _publish(settings, events: list[dict]) -> None:
     with EventPublisher(settings) as pub:
         for e in events:
             pub.publish(e)
-
-
-def _scores(s, topic: str, expected: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for m in read_topic(s, topic, expected=expected, timeout=240, idle=3):
-        sc = decode_score(m.value())
-        out.setdefault(sc.event_id, []).append(sc.score)
-    return out
 
 
 def _run(cmd: list[str], env: dict, log_path: Path, timeout: float = 120) -> int:
@@ -87,15 +79,10 @@ def test_sigkill_at_each_point_of_an_overlapped_commit_gives_reference_scores(ka
                              state_dir=str(tmp_path / "ref-state"))
     ensure_topics(reference)
     assert Worker(reference, instance_id="ref").run(exit_when_idle=5).scored == n
-    expected = _scores(reference, reference.topic_scores, n)
+    expected = scores_by_event(reference, reference.topic_scores, n)
 
-    got = _scores(base, base.topic_scores, n)
-    duplicates = {k: v for k, v in got.items() if len(v) != 1}
-    assert not duplicates, f"{len(duplicates)} events scored more than once"
-    assert set(got) == set(expected) == {e["event_id"] for e in events}
-    mismatched = [k for k in expected if got[k][0] != expected[k][0]]
-    assert not mismatched, (f"{len(mismatched)} scores differ from the reference, e.g. "
-                            f"{mismatched[0]}: {got[mismatched[0]]} vs {expected[mismatched[0]]}")
+    got = scores_by_event(base, base.topic_scores, n)
+    assert_reference_scores(got, expected, {e["event_id"] for e in events})
 
 
 def test_sigterm_with_a_commit_in_flight_commits_everything(kafka_settings, tmp_path: Path):
@@ -126,6 +113,6 @@ def test_sigterm_with_a_commit_in_flight_commits_everything(kafka_settings, tmp_
     code = _run([sys.executable, "-m", "stream"] + WORKER + ["--exit-when-idle", "8"], env,
                 log_path)
     assert code == 0, log_path.read_text()[-3000:]
-    got = _scores(s, s.topic_scores, N_EVENTS)
+    got = scores_by_event(s, s.topic_scores, N_EVENTS)
     assert sorted(got) == sorted(e["event_id"] for e in events)
     assert all(len(v) == 1 for v in got.values())

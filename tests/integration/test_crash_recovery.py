@@ -21,22 +21,14 @@ import time
 from pathlib import Path
 
 from stream.demo import generate_events
-from stream.events import decode_score
 from stream.publisher import EventPublisher
 from stream.runtime import Worker
 from stream.topics import ensure_topics
 from tests.conftest import ROOT
-from tests.kafka_util import FAST_FAILOVER, process_env, read_topic
+from tests.kafka_util import (FAST_FAILOVER, assert_reference_scores, process_env,
+                              scores_by_event)
 
 N_EVENTS = 50_000
-
-
-def _scores(s, topic: str, expected: int) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {}
-    for m in read_topic(s, topic, expected=expected, timeout=240, idle=3):
-        sc = decode_score(m.value())
-        out.setdefault(sc.event_id, []).append(sc.score)
-    return out
 
 
 def test_sigkill_at_random_points_gives_exactly_once_and_reference_scores(kafka_settings,
@@ -56,7 +48,7 @@ def test_sigkill_at_random_points_gives_exactly_once_and_reference_scores(kafka_
     ensure_topics(reference)
     stats = Worker(reference, instance_id="ref").run(exit_when_idle=5)
     assert stats.scored == N_EVENTS
-    expected = _scores(reference, reference.topic_scores, N_EVENTS)
+    expected = scores_by_event(reference, reference.topic_scores, N_EVENTS)
 
     crash = base.replace(group_id=base.group_id + "-crash", state_dir=str(tmp_path / "crash"))
     env = process_env(crash, FRAUDSTREAM_TRANSACTION_TIMEOUT_MS="10000",
@@ -85,10 +77,5 @@ def test_sigkill_at_random_points_gives_exactly_once_and_reference_scores(kafka_
     restored = [int(n) for n in re.findall(r"(\d+) changelog records restored", text)]
     assert any(n > 0 for n in restored), "no restart restored state from the changelog"
 
-    got = _scores(base, base.topic_scores, N_EVENTS)
-    duplicates = {k: v for k, v in got.items() if len(v) != 1}
-    assert not duplicates, f"{len(duplicates)} events scored more than once"
-    assert set(got) == set(expected) == {e["event_id"] for e in events}
-    mismatched = [k for k in expected if got[k][0] != expected[k][0]]
-    assert not mismatched, (f"{len(mismatched)} scores differ from the reference, e.g. "
-                            f"{mismatched[0]}: {got[mismatched[0]]} vs {expected[mismatched[0]]}")
+    got = scores_by_event(base, base.topic_scores, N_EVENTS)
+    assert_reference_scores(got, expected, {e["event_id"] for e in events})
