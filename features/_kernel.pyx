@@ -43,6 +43,9 @@ from features.exceptions import FeatureConfigError, FeatureError
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object, Py_ssize_t*) except NULL
 
+cdef extern from *:
+    void __builtin_prefetch(const void*) noexcept nogil
+
 __all__ = ["State", "GroupKernel", "hash_value", "sampled", "FORMAT", "AGG_CODES",
            "INDEX_FORMAT", "index_entry", "decode_index"]
 
@@ -825,6 +828,43 @@ cdef int _fold_label(_Spec sp, Ring* r, int64_t event_t, int64_t max_t, double l
     return 0
 
 
+cdef int _PREFETCH = 2
+
+
+def _set_prefetch(int level) -> None:
+    """Set how deep :func:`_prefetch` reaches (0: off), for paired measurements in one
+    process."""
+    global _PREFETCH
+    _PREFETCH = level
+
+
+cdef inline void _prefetch(Ring* rings, int nr, int level) noexcept nogil:
+    """Ask for the memory a fold of these rings reads, all at once, before the fold needs it:
+    a state that has left the CPU caches then costs a round trip to memory per level of
+    pointers (the rings; their running totals and newest buckets; the distinct sets and maps
+    those point to) instead of one per block it touches, one after the other."""
+    cdef int i, k
+    cdef Ring* r
+    cdef HSet* s
+    for i in range(nr):
+        r = &rings[i]
+        __builtin_prefetch(r.run)
+        if r.nb:
+            __builtin_prefetch(&r.bidx[r.nb - 1])
+            __builtin_prefetch(&r.bs[(r.nb - 1) * r.width])
+            if r.nd:
+                __builtin_prefetch(&r.bset[(r.nb - 1) * r.nd])
+    if level < 2:
+        return
+    for i in range(nr):
+        r = &rings[i]
+        for k in range(r.nd):
+            __builtin_prefetch(r.rmap[k].keys)
+            if r.nb:
+                s = &r.bset[(r.nb - 1) * r.nd + k]
+                __builtin_prefetch(s.a)
+
+
 # ---------------------------------------------------------------------- entity state
 @cython.no_gc
 cdef class State:
@@ -862,11 +902,20 @@ cdef class State:
     def encode(self) -> bytes:
         """Serialise: format byte, event time (big-endian, like every stored value), layout and
         contents (native byte order)."""
-        cdef bytes lastb = _mdumps(self.last, 4) if self.last else b""
-        cdef Py_ssize_t size = 9 + 1 + 4 + len(lastb)
+        cdef Py_ssize_t size = 9 + 1 + 4
         cdef int i, k
         cdef int32_t p
         cdef Ring* r
+        if _PREFETCH:
+            # The encoding reads every block of the state, usually one that has left the CPU
+            # caches (an eviction): ask for all of them before the first is needed.
+            _prefetch(self.rings, self.nr, 2)
+            for i in range(self.nr):
+                r = &self.rings[i]
+                for p in range(r.nb * r.nd - r.nd):  # the newest bucket's: in _prefetch
+                    __builtin_prefetch(r.bset[p].a)
+        cdef bytes lastb = _mdumps(self.last, 4) if self.last else b""
+        size += len(lastb)
         for i in range(self.nr):
             r = &self.rings[i]
             size += 4 + 8 + 4 + r.nd + r.width * 8
@@ -1169,6 +1218,8 @@ cdef class GroupKernel:
         cdef bint has[MAXF]
         cdef uint64_t hs[MAXF]
         cdef object v
+        if _PREFETCH:
+            _prefetch(st.rings, st.nr, _PREFETCH)
         if self.last_fields and (st.last is None or len(st.last) != len(self.last_fields)):
             raise FeatureError("feature state has the wrong number of last values")
         for i in range(len(self.prev_names)):
