@@ -134,6 +134,27 @@ def test_every_rocksdb_option_reaches_rocksdb(tmp_path, opts):
     assert written["cache_index_and_filter_blocks"] == "false"
 
 
+@pytest.mark.parametrize("cache_point_reads", [False, True])
+def test_point_reads_fill_the_block_cache_only_when_asked(tmp_path, cache_point_reads):
+    # Read options are not in the OPTIONS file: the block cache's usage shows what a get did.
+    opts = RocksOptions(cache_point_reads=cache_point_reads)
+    values = {b"k%06d" % i: bytes([i % 251]) * 100 for i in range(20_000)}
+    backend = RocksBackend(tmp_path / "db", opts)
+    backend.write(values)
+    backend.flush()
+    backend.close()
+    backend = RocksBackend(tmp_path / "db", opts)   # reopened: the read settings again
+    try:
+        usage = backend._db.property_int_value("rocksdb.block-cache-usage")
+        keys = list(values)[::7]
+        assert [backend.get(k) for k in keys] == [values[k] for k in keys]
+        assert backend.get(b"absent") is None
+        grown = backend._db.property_int_value("rocksdb.block-cache-usage") - usage
+        assert (grown > 100_000) if cache_point_reads else grown == 0
+    finally:
+        backend.close()
+
+
 def test_row_cache_is_shared_and_reads_back_what_was_written(tmp_path):
     from stream.state.rocks import _shared_row_cache
     opts = RocksOptions(row_cache_bytes=4 << 20)
