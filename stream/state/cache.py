@@ -110,6 +110,8 @@ class CachedStore:
                 if len(young) + len(self._old) > self.capacity:
                     self._evict()
             self._dirty.add(key)
+            if type(value) is _State:
+                value.dirty = True   # evictions go by the flag (see _evict)
         else:
             # The engine's label index takes this path once per event: staged inline.
             self._young.pop(key, None)
@@ -149,15 +151,22 @@ class CachedStore:
         for key in list(islice(old, count)):
             value = old.pop(key)
             # Encoding clears a feature state's dirty flag: the engine touches it (once) again
-            # when it next changes it (the same in _write_dirty and put).
-            if key in dirty:  # staged inline: this loop is per entity
+            # when it next changes it (the same in _write_dirty and put). A feature state tells
+            # by its flag whether it changed since it was last written, so its key stays in the
+            # dirty set (_write_dirty skips it): two lookups fewer per eviction in a set that
+            # between flushes holds every entity changed since (millions in a long replay).
+            if type(value) is _State:
+                if not value.dirty:
+                    continue
+                value.dirty = False
+            elif key in dirty:  # staged inline: this loop is per entity
                 dirty.remove(key)
-                if type(value) is _State:
-                    value.dirty = False
-                pending[key] = changes[key] = encode(value)
-                if len(pending) >= batch:
-                    self._write_batch()
-                    pending = self._pending
+            else:
+                continue
+            pending[key] = changes[key] = encode(value)
+            if len(pending) >= batch:
+                self._write_batch()
+                pending = self._pending
 
     def _stage(self, key: bytes, raw: bytes | None) -> None:
         self._pending[key] = self._changes[key] = raw
@@ -253,8 +262,12 @@ class CachedStore:
         for key in self._dirty:
             value = young.get(key)
             if value is None:
-                value = old[key]
+                value = old.get(key)
+                if value is None:  # a feature state evicted (and written) since it changed
+                    continue
             if type(value) is _State:
+                if not value.dirty:  # written by an eviction since, then read back unchanged
+                    continue
                 value.dirty = False
                 raw = value.encode() if native else encode(value)
             else:
