@@ -7,6 +7,8 @@ import dataclasses
 import pytest
 import rocksdict
 
+from features.definitions import Feature, FeatureSet
+from features.engine import FeatureEngine
 from features.store import decode, encode, entry_time
 from stream.state import (CachedStore, MemoryBackend, RocksBackend, RocksOptions, StateClosedError,
                           StateCorruptionError, StateError, StateLockedError, open_store,
@@ -45,6 +47,31 @@ def test_cache_writes_back_in_batches_and_reports_changes(backend):
     assert store.flush() == {}
     assert store.get(b"k0") == [0, [], []] and store.get(b"k1") is None
     assert store.hits >= 1 and store.misses >= 1
+
+
+def test_feature_states_evicted_and_read_back_are_written_once_per_change(backend):
+    # An evicted feature state is written by its dirty flag and its key stays in the dirty
+    # set: a flush must neither lose a later change nor write an unchanged state again.
+    fs = FeatureSet([Feature("count", entity="user_id", window="1h")])
+    store = CachedStore(backend, capacity=1, batch_size=100)
+    engine = FeatureEngine(fs, store)
+
+    def event(i, user):
+        return {"event_id": f"e{i}", "event_time": 1_000 * i, "user_id": user}
+
+    engine.process(event(1, "u1"))
+    engine.process(event(2, "u2"))          # evicts u1's state: written, key still dirty
+    first = store.flush()
+    (k1,) = [k for k in first if k.endswith(b"/u1")]
+    (k2,) = [k for k in first if k.endswith(b"/u2")]
+    assert store.get(k1).encode() == first[k1] == store.stored(k1)   # read back, unchanged
+    engine.process(event(3, "u2"))          # evicts u1 (clean: not written), changes u2
+    assert store.flush() == {k2: store.get(k2).encode()}
+    assert engine.process(event(4, "u1"))["user_count_1h"] == 2
+    engine.process(event(5, "u3"))          # evicts u1 again, changed
+    changes = store.flush()                 # u1 (evicted, changed) and the new u3; not u2
+    assert {k for k in changes if not k.endswith(b"/u3")} == {k1} and store.flush() == {}
+    assert FeatureEngine(fs, store).process(event(6, "u1"))["user_count_1h"] == 3
 
 
 def test_cold_puts_skip_the_cache(backend):
