@@ -31,8 +31,13 @@ RUN pip wheel --prefer-binary --wheel-dir /wheels .
 
 FROM python:3.11-slim AS runtime
 
+# GLIBC_TUNABLES: malloc asks for transparent huge pages for its heap and large blocks
+# (madvise; the hosts' default THP mode). A worker's feature state is millions of small C
+# blocks and dicts of millions of entries, read at random: with 4 KB pages nearly every access
+# also misses the TLB (docs/benchmarks.md, "Prefetch, point reads, huge pages").
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    GLIBC_TUNABLES=glibc.malloc.hugetlb=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     FRAUDSTREAM_STATE_DIR=/var/lib/fraudstream/state \
