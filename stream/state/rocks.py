@@ -48,8 +48,9 @@ class RocksOptions:
     # Whether a point read (get) keeps the data block it read in the block cache. Off: the
     # write-back cache of live objects in front already keeps what was read, and a block read
     # for one entity rarely serves another (keys are read at random), so inserting it only
-    # churns the cache: about 4 us of CPU per read of a stored key on the full-size benchmark's
-    # data (12.2 against 8.0 us, docs/benchmarks.md). Reads still use blocks already cached.
+    # churns the cache: 12.2 against 8.0 us of CPU per read of a stored key among 2 M values of
+    # 300 bytes (docs/benchmarks.md, "Prefetch, point reads, huge pages"). Reads still use the
+    # blocks already cached.
     cache_point_reads: bool = False
 
     def build(self) -> rocksdict.Options:
