@@ -4,7 +4,8 @@
 
 Each point is a place between two steps of the protocol (``stream/runtime/worker.py``, module
 docstring) where a commit is in flight and the next batch's outputs are held; the fault is
-raised at the ``N``-th such place, once the loop holds at least one output:
+raised at the first such place from the ``N``-th on where the loop holds at least one output
+(a commit after which no record follows, such as the last of a backlog, does not count):
 
 * ``in_flight``: on the transactional-call thread after ``send_offsets_to_transaction``, before
   ``commit_transaction`` (step 4 done, 5 not): SIGKILL.
@@ -31,24 +32,38 @@ from stream.runtime import worker as worker_mod
 POINTS = ("in_flight", "committed", "produced", "sigterm")
 
 
+# How long the call thread waits for the loop to hold an output before it lets the commit go
+# on and tries again at the next one. While it waits the commit does not return, so the loop
+# keeps holding: with records left to process it holds one within milliseconds.
+_HOLD_WAIT_S = 2.0
+
+
 def _wait_for_held(worker: worker_mod.Worker) -> bool:
-    """On the call thread: wait until the loop holds an output (the input is long enough that
-    it soon does); False if no commit is in flight any more."""
-    seen = threading.Event()
-    while not seen.wait(0.001):
+    """On the call thread: wait until the loop holds an output; False if it holds none within
+    ``_HOLD_WAIT_S`` (no record followed this commit) or no commit is in flight any more."""
+    tick = threading.Event()
+    for _ in range(int(_HOLD_WAIT_S / 0.001)):
         held = worker._held
         if held is None:
             return False
         if held:
             return True
+        tick.wait(0.001)
     return False
 
 
 def install(point: str, nth: int) -> None:
     W = worker_mod.Worker
     count = [0]
+    fired = [False]
+
+    def due() -> bool:
+        """Whether this point may fire now: the N-th place or a later one, not fired yet."""
+        count[0] += 1
+        return not fired[0] and count[0] >= nth
 
     def fire(sig: int) -> None:
+        fired[0] = True
         sys.stderr.write(f"faultpoints: {point} #{nth}: signal {sig}\n")
         sys.stderr.flush()
         os.kill(os.getpid(), sig)
@@ -58,15 +73,11 @@ def install(point: str, nth: int) -> None:
 
         def _commit_transaction(self, producer=None):
             on_thread = producer is not None  # the overlapped commit (not shutdown's own)
-            if on_thread and point != "committed":
-                count[0] += 1
-                if count[0] == nth and _wait_for_held(self):
-                    fire(signal.SIGKILL if point == "in_flight" else signal.SIGTERM)
+            if on_thread and point != "committed" and due() and _wait_for_held(self):
+                fire(signal.SIGKILL if point == "in_flight" else signal.SIGTERM)
             commit(self, producer)
-            if on_thread and point == "committed":
-                count[0] += 1
-                if count[0] == nth and _wait_for_held(self):
-                    fire(signal.SIGKILL)
+            if on_thread and point == "committed" and due() and _wait_for_held(self):
+                fire(signal.SIGKILL)
         W._commit_transaction = _commit_transaction
     elif point == "produced":
         settle = W._settle_commit
@@ -74,10 +85,8 @@ def install(point: str, nth: int) -> None:
         def _settle_commit(self):
             held = len(self._held or ())
             settle(self)
-            if held and self._in_txn:
-                count[0] += 1
-                if count[0] == nth:
-                    fire(signal.SIGKILL)
+            if held and self._in_txn and due():
+                fire(signal.SIGKILL)
         W._settle_commit = _settle_commit
     else:
         raise SystemExit(f"unknown point {point!r}; one of {', '.join(POINTS)}")

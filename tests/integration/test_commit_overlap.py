@@ -29,8 +29,10 @@ from tests.kafka_util import (FAST_FAILOVER, assert_reference_scores, group_offs
 
 N_EVENTS = 12_000
 # The SIGKILL test publishes its events in chunks, one before each run, so that every run has
-# a backlog to commit in several transactions whatever the runs before it processed.
+# a backlog to commit in several transactions whatever the runs before it processed. Commits of
+# at most COMMIT_EVERY records make that at least eight per chunk however fast the machine.
 CHUNK = 4_000
+COMMIT_EVERY = "500"
 FAULT_RUNS = (("in_flight", 2), ("committed", 2), ("produced", 2), ("in_flight", 3))
 FAULTS = [sys.executable, "-m", "tests.integration.faultpoints"]
 WORKER = ["worker", "--instance-id", "o1"]
@@ -62,7 +64,8 @@ def test_sigkill_at_each_point_of_an_overlapped_commit_gives_reference_scores(ka
 
     crash = base.replace(group_id=base.group_id + "-overlap", state_dir=str(tmp_path / "crash"))
     env = process_env(crash, FRAUDSTREAM_TRANSACTION_TIMEOUT_MS="10000",
-                      FRAUDSTREAM_MODEL_NAME="heuristic", **FAST_FAILOVER)
+                      FRAUDSTREAM_MODEL_NAME="heuristic",
+                      FRAUDSTREAM_COMMIT_EVERY_RECORDS=COMMIT_EVERY, **FAST_FAILOVER)
     log_path = tmp_path / "worker.log"
     for i, (point, nth) in enumerate(FAULT_RUNS):
         _publish(base, events[i * CHUNK:(i + 1) * CHUNK])
@@ -90,7 +93,8 @@ def test_sigterm_with_a_commit_in_flight_commits_everything(kafka_settings, tmp_
     ensure_topics(s)
     events = generate_events(N_EVENTS, seed=13, id_prefix="overlap-term")
     _publish(s, events)
-    env = process_env(s, FRAUDSTREAM_MODEL_NAME="heuristic")
+    env = process_env(s, FRAUDSTREAM_MODEL_NAME="heuristic",
+                      FRAUDSTREAM_COMMIT_EVERY_RECORDS=COMMIT_EVERY)
     log_path = tmp_path / "worker.log"
     code = _run(FAULTS + ["sigterm", "4"] + WORKER, env, log_path)
     assert code == 0, log_path.read_text()[-3000:]
