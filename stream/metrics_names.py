@@ -75,6 +75,10 @@ _ALL = (
            "Scores produced, by decision (approve, review, block). Counted at each commit."),
     Metric("fraudstream_labels_total", "counter", ("stage",),
            "Labels routed to a stage."),
+    Metric("fraudstream_forwards_total", "counter", ("path",),
+           "Events forwarded to the next stage: through its repartition topic (path=topic) or "
+           "handed to this worker's own task of that stage (path=handoff, docs/runtime.md). "
+           "Counted at each commit."),
     Metric("fraudstream_dead_letters_total", "counter", ("reason",),
            "Records sent to the dead-letter topic, by reason (decode, validation, too_large...)."),
     Metric("fraudstream_late_events_total", "counter", ("stage",),

@@ -90,6 +90,7 @@ from stream.lifecycle import GracefulStop, Stoppable
 from stream.modelstore import ROLE_CHALLENGER, ROLE_GLOBAL, ModelFeed, ModelRecord
 from stream.observability import HealthServer, QualityGauges, RestoreProgress, WorkerMetrics
 from stream.pii import IdentifierHasher
+from stream.replay import partition_for
 from stream.runtime import changelog
 from stream.runtime.checkpoint import consume_checkpoint, write_checkpoint
 from stream.runtime.emitter import Emitter
@@ -213,7 +214,8 @@ class WorkerStats:
     consumed: int = 0
     scored: int = 0
     emitted: int = 0  # records the last stage produced through an emitter instead of scores
-    forwarded: int = 0
+    forwarded: int = 0   # events produced to a repartition topic for the next stage
+    handed_off: int = 0  # events handed to the next stage's local task (docs/runtime.md)
     labels: int = 0
     dead_lettered: int = 0
     commits: int = 0
@@ -252,6 +254,11 @@ class Task:
         # (checked on the first one; the engine's dicts all have one shape): see _VALUES.
         self.forwards_values: bool | None = None
         self.late_reported = 0  # engine.stats.late already added to the late-events counter
+        # Local hand-off, on a later stage's task (see Worker._arm_handoffs): the offset of its
+        # input partition it must have consumed before it takes hand-offs, and what was handed
+        # to it meanwhile, in order (None once it takes them directly).
+        self.barrier = -1
+        self.held: list[tuple[bytes, dict[str, Any] | None, dict[str, Any], int]] | None = None
 
 
 class Worker(Stoppable):
@@ -313,6 +320,15 @@ class Worker(Stoppable):
             self._upstream_names.append(names)
             names += tuple(st.feature_names)
         self._tasks: dict[tuple[int, int], Task] = {}
+        # Local hand-off (docs/runtime.md, "Local hand-off"): the later-stage tasks that take
+        # records forwarded by this worker directly (_local; those still draining their input
+        # partition hold them, and are in _armed too), and those waiting for a barrier
+        # (_unarmed), taken at the next point where nothing this worker forwarded is in flight.
+        self._handoff = settings.local_handoff and len(self.topology.stages) > 1
+        self._local: dict[tuple[int, int], Task] = {}
+        self._armed: dict[tuple[int, int], Task] = {}
+        self._unarmed: set[tuple[int, int]] = set()
+        self._forwards_reported = (0, 0)
         self._to_restore: dict[tuple[int, int], TopicPartition] = {}
         self._offsets: dict[tuple[str, int], int] = {}
         self._stopper = GracefulStop("finishing the current batch")
@@ -412,6 +428,8 @@ class Worker(Stoppable):
                     self._settle_commit()  # enough held: wait for the commit in flight
                 if self._to_restore:
                     self._restore_pending()
+                    if self._unarmed:  # before the first records, if no transaction is open
+                        self._arm_handoffs()
                     last_activity = time.monotonic()
                 msgs = self._next_records(batch)
                 if self._rewind_reason is not None:
@@ -421,6 +439,8 @@ class Worker(Stoppable):
                     last_activity = time.monotonic()
                     try:
                         self._handle(msgs)
+                        if self._armed:
+                            self._take_up_handoffs()
                     except KafkaException as exc:
                         # produce() refuses while the transaction is in an error state.
                         if exc.args[0].fatal() or not self.exactly_once:
@@ -447,6 +467,8 @@ class Worker(Stoppable):
                         gc.unfreeze()
                         gc.collect()
                     gc.freeze()
+                if self._unarmed:
+                    self._arm_handoffs()
                 if time.monotonic() >= self._next_lag_check:
                     self._record_lag()
                 if time.monotonic() >= self._next_quality:
@@ -537,9 +559,7 @@ class Worker(Stoppable):
             return
         record = wire.loads(msg.value())
         if _LABEL in record:
-            self.stats.labels += 1
-            self._child("fraudstream_labels_total", stage.name).inc()
-            self._apply_label(task, record[_LABEL])
+            self._take_label(task, record[_LABEL])
             return
         values = record.get(_VALUES)
         if values is None:
@@ -565,15 +585,19 @@ class Worker(Stoppable):
             merged = features
         nxt = task.next_stage
         if nxt is not None:
-            key = event.get(nxt.key_field) or event["user_id"]
+            key = str(event.get(nxt.key_field) or event["user_id"]).encode()
+            if self._local and key:
+                target = self._local.get((nxt.index, partition_for(key, self.settings.partitions)))
+                if target is not None:
+                    if target.held is not None:  # still draining its partition: in order, later
+                        target.held.append((key, event, merged, appended_ms))
+                        return
+                    self.stats.handed_off += 1
+                    self._advance(target, event, merged, appended_ms)
+                    return
             if task.forwards_values is None:
                 task.forwards_values = tuple(merged) == self._upstream_names[nxt.index]
-            if task.forwards_values:
-                record = {_EVENT: event, _VALUES: list(merged.values()), _APPENDED: appended_ms}
-            else:
-                record = {_EVENT: event, _FEATURES: merged, _APPENDED: appended_ms}
-            self._produce(nxt.input_topic, str(key).encode(), wire.dumps(record))
-            self.stats.forwarded += 1
+            self._forward(nxt, key, event, merged, appended_ms, task.forwards_values)
             return
         if appended_ms > 0:
             self._e2e_pending.append(appended_ms)
@@ -596,6 +620,22 @@ class Worker(Stoppable):
             if parked is not None:  # its label overtook it: learn now that the vector exists
                 task.store.delete(key)
                 self._apply_label(task, parked[1])
+
+    def _forward(self, stage: Stage, key: bytes, event: dict[str, Any], merged: dict[str, Any],
+                 appended_ms: int, as_values: bool, partition: int = _ANY_PARTITION) -> None:
+        """Produce an event with its features so far to ``stage``'s repartition topic."""
+        if as_values:
+            record = {_EVENT: event, _VALUES: list(merged.values()), _APPENDED: appended_ms}
+        else:
+            record = {_EVENT: event, _FEATURES: merged, _APPENDED: appended_ms}
+        self._produce(stage.input_topic, key, wire.dumps(record), partition)
+        self.stats.forwarded += 1
+
+    def _take_label(self, task: Task, label: dict[str, Any]) -> None:
+        """A label for ``task``, read from its repartition topic or handed over locally."""
+        self.stats.labels += 1
+        self._child("fraudstream_labels_total", task.stage.name).inc()
+        self._apply_label(task, label)
 
     def _apply_label(self, task: Task, label: dict[str, Any]) -> None:
         """Fold a label into the stage's features and, on the last stage, learn from it.
@@ -624,11 +664,23 @@ class Worker(Stoppable):
             return
         if self._pii is not None:
             self._pii.apply(label_dict)
-        payload = wire.dumps({_LABEL: label_dict})
+        payload = None
         for stage in self.topology.stages:
             if stage.receives_labels and stage.index > 0:
-                key = label_dict.get(stage.key_field) or label_dict["merchant_id"]
-                self._produce(stage.input_topic, str(key).encode(), payload)
+                key = str(label_dict.get(stage.key_field) or label_dict["merchant_id"]).encode()
+                target = None
+                if self._local and key:
+                    target = self._local.get((stage.index,
+                                              partition_for(key, self.settings.partitions)))
+                if target is not None:  # this worker's task: hand it over (a copy per stage)
+                    if target.held is not None:
+                        target.held.append((key, None, dict(label_dict), 0))
+                    else:
+                        self._take_label(target, dict(label_dict))
+                    continue
+                if payload is None:
+                    payload = wire.dumps({_LABEL: label_dict})
+                self._produce(stage.input_topic, key, payload)
         if len(self.topology.stages) == 1:
             # A one-stage topology has no repartition topic: labels apply directly.
             task = self._tasks.get((0, msg.partition()))
@@ -840,6 +892,8 @@ class Worker(Stoppable):
             if wait and self._closed_epochs:
                 self._drain_epochs()
             return
+        if self._armed:
+            self._release_held()
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         commit_started = time.perf_counter()
         if self.exactly_once:
@@ -982,6 +1036,12 @@ class Worker(Stoppable):
             if task.consumed != task.consumed_reported:
                 task.consumed_metric.inc(task.consumed - task.consumed_reported)
                 task.consumed_reported = task.consumed
+        forwards = (self.stats.forwarded, self.stats.handed_off)
+        if forwards != self._forwards_reported:
+            for path, now, before in zip(("topic", "handoff"), forwards, self._forwards_reported):
+                if now != before:
+                    self._child("fraudstream_forwards_total", path).inc(now - before)
+            self._forwards_reported = forwards
         if self._decisions:
             for decision, n in self._decisions.items():
                 self._child("fraudstream_scores_total", decision).inc(n)
@@ -1116,6 +1176,10 @@ class Worker(Stoppable):
             task.store.close()
             self._forget_task(task)
         self._tasks.clear()
+        # What tasks held was processed in the aborted transaction: its input is read again.
+        self._local.clear()
+        self._armed.clear()
+        self._unarmed.clear()
         assignment = self._consumer.assignment()
         committed = self._committed_offsets(assignment)
         for tp in committed:
@@ -1244,6 +1308,8 @@ class Worker(Stoppable):
                 self._consumer.resume([tp])
         finally:
             restorer.close()
+        if self._handoff:
+            self._handoff_after_open(list(pending))
         self._record_assignment()
 
     def _record_assignment(self) -> None:
@@ -1325,6 +1391,10 @@ class Worker(Stoppable):
             task = self._tasks.pop(key, None)
             if task is None:
                 continue
+            self._unarmed.discard(key)
+            if key in self._local:
+                # Lost under exactly-once: the open transaction is rewound, held records with it.
+                self._leave_handoff(key, task, drop=self.exactly_once and not checkpoint)
             task.store.close()
             self._forget_task(task)
             if checkpoint and task.migrate:
@@ -1337,6 +1407,101 @@ class Worker(Stoppable):
                 write_checkpoint(self._task_dir(task.stage, task.partition)
                                  .with_suffix(".checkpoint"),
                                  task.stage.changelog_topic, task.partition, end)
+
+    # ------------------------------------------------------------------ local hand-off
+    # A record this worker forwards to a later stage's task that it owns itself is handed to that
+    # task directly, in the same transaction, instead of through the repartition topic. The task
+    # then sees it before anything the topic still holds for it, so (docs/runtime.md, "Local
+    # hand-off") a task takes hand-offs only once it has consumed its input partition up to a
+    # *barrier*: the partition's end offset taken when nothing this worker forwarded is in flight
+    # (exactly-once: between transactions; at-least-once: after a flush), after the task and
+    # every local task of the stage before it opened. While it drains, what is handed to it is
+    # held in order; a commit that comes first sends what is held to the topic instead (the
+    # offsets that consumed those events commit with it) and the task waits for a new barrier.
+    def _handoff_after_open(self, opened: list[tuple[int, int]]) -> None:
+        """Tasks just opened wait for a barrier; so do the next stage's, when a task opened
+        whose previous owner's forwards may still be in the topic ahead of ours."""
+        upstream = {i + 1 for i, _ in opened}
+        for key in list(self._local):
+            if key[0] in upstream:
+                self._leave_handoff(key, self._local[key])
+                self._unarmed.add(key)
+        self._unarmed.update(k for k in opened if k[0] > 0 and k in self._tasks)
+
+    def _arm_handoffs(self) -> None:
+        """Take the barrier of every task waiting for one, if nothing this worker forwarded is
+        in flight now: exactly-once between transactions (everything is committed),
+        at-least-once once the producer has delivered everything."""
+        if self.exactly_once and self._in_txn:
+            return
+        if not self.exactly_once and self._producer.flush(30):
+            return  # not all delivered yet: next time
+        for key in sorted(self._unarmed):
+            task = self._tasks.get(key)
+            if task is None:
+                continue
+            tp = TopicPartition(task.stage.input_topic, task.partition)
+            low, task.barrier = _watermarks(self._consumer, tp)
+            position = self._consumer.position([tp])[0].offset
+            if position < 0:  # nothing consumed since the assignment: from the committed offset
+                position = self._committed_offsets([tp])[0].offset
+                if position < 0:  # none yet: from the start (auto.offset.reset=earliest)
+                    position = low
+            self._local[key] = task
+            if position >= task.barrier:
+                task.held = None
+            else:
+                task.held = []
+                self._armed[key] = task
+            log.info("task %s-%d: local hand-off %s", task.stage.name, task.partition,
+                     "on" if task.held is None else f"once offset {task.barrier} is consumed")
+        self._unarmed.clear()
+
+    def _take_up_handoffs(self) -> None:
+        """Draining tasks that reached their barrier process what they hold, then take
+        hand-offs directly."""
+        armed = self._armed
+        tps = [TopicPartition(t.stage.input_topic, t.partition) for t in armed.values()]
+        for key, tp in zip(list(armed), self._consumer.position(tps)):
+            task = armed[key]
+            if tp.offset < task.barrier:
+                continue
+            del armed[key]
+            held, task.held = task.held, None
+            log.info("task %s-%d: local hand-off on (%d held records processed)",
+                     task.stage.name, task.partition, len(held or ()))
+            for _, event, payload, appended_ms in held or ():
+                if event is None:
+                    self._take_label(task, payload)
+                else:
+                    self.stats.handed_off += 1
+                    self._advance(task, event, payload, appended_ms)
+
+    def _release_held(self) -> None:
+        """Before a commit: what draining tasks hold goes to their topic, since the offsets of
+        the records it came from commit now; those tasks need a new barrier."""
+        for key, task in list(self._armed.items()):
+            if task.held:
+                self._leave_handoff(key, task)
+                self._unarmed.add(key)
+
+    def _leave_handoff(self, key: tuple[int, int], task: Task, drop: bool = False) -> None:
+        """``task`` takes no more hand-offs; what it held is produced to its partition, in
+        order (behind everything this worker forwarded to it before the barrier), unless
+        ``drop``: the open transaction is to be rewound and those records are read again."""
+        del self._local[key]
+        self._armed.pop(key, None)
+        held, task.held = task.held, None
+        if not held or drop:
+            return
+        names = self._upstream_names[task.stage.index]
+        for rkey, event, payload, appended_ms in held:
+            if event is None:
+                self._produce(task.stage.input_topic, rkey, wire.dumps({_LABEL: payload}),
+                              task.partition)
+            else:
+                self._forward(task.stage, rkey, event, payload, appended_ms,
+                              tuple(payload) == names, task.partition)
 
     # ------------------------------------------------------------------ rebalancing
     # Callbacks stay short: pause new partitions (restored later in the main loop); commit and
