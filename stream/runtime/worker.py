@@ -8,7 +8,10 @@ Commit protocol (``processing_guarantee = "exactly_once"``, the default):
 
 1. A transaction is begun before the first record of a batch is processed.
 2. Processing produces outputs into it: scores, records forwarded to the next stage's repartition
-   topic, labels routed to the stages that need them, dead letters.
+   topic, labels routed to the stages that need them, dead letters. A record forwarded to a
+   next-stage task that this worker owns and that has drained its partition is processed by that
+   task at once instead (local hand-off: its state changes join the same transaction); what is
+   held for a task still draining goes to the topic before step 3 (see "local hand-off" below).
 3. When ``commit_interval_ms`` has passed or ``commit_every_records`` records were processed, every
    task's store is flushed: dirty state is written to RocksDB and each changed key is produced to
    the stage's compacted changelog topic (same partition), inside the transaction; an event's
