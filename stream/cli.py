@@ -303,9 +303,10 @@ def worker(ctx: click.Context, instance_id: str | None, group_id: str | None,
     w.install_signal_handlers()
     stats = w.run(exit_when_idle=exit_when_idle)
     logging.getLogger("stream.worker").info(
-        "worker %s: consumed %d, scored %d, forwarded %d, labels %d (%d before their event), "
-        "examples %d, dead-lettered %d, commits %d, restored %d, recoveries %d", w.instance_id,
-        stats.consumed, stats.scored, stats.forwarded, stats.labels, stats.labels_parked,
+        "worker %s: consumed %d, scored %d, forwarded %d (handed off locally %d), labels %d "
+        "(%d before their event), examples %d, dead-lettered %d, commits %d, restored %d, "
+        "recoveries %d", w.instance_id, stats.consumed, stats.scored, stats.forwarded,
+        stats.handed_off, stats.labels, stats.labels_parked,
         stats.examples, stats.dead_lettered, stats.commits, stats.restored_records,
         stats.recoveries)
 

@@ -799,6 +799,18 @@ class Worker(Stoppable):
                 self.stats.expired += removed
                 log.info("task %s-%d: %d idle entries expired", task.stage.name, task.partition,
                          removed)
+                self._commit_pending_changes()
+
+    def _commit_pending_changes(self) -> None:
+        """State changed outside a batch (expiry): open one, so that a commit follows and writes
+        the changes to the changelogs even if no record comes (with the local hand-off a batch's
+        commit is often the last before a quiet spell or a shutdown)."""
+        if self.exactly_once and not self._in_txn:
+            self._producer.begin_transaction()
+            self._in_txn = True
+        if not self._batch_records:
+            self._batch_started = time.monotonic()
+            self._batch_records = 1
 
     def _emit_example(self, example: dict[str, Any] | None) -> None:
         """A label joined its scored snapshot: send the example to the trainer (same txn)."""

@@ -10,11 +10,15 @@ the merchant stage out of order.
 
 from __future__ import annotations
 
+import threading
+import time
+
 from stream import wire
 from stream.demo import generate_events
 from stream.events import decode_score
 from stream.publisher import EventPublisher
 from stream.runtime import Worker
+from stream.runtime.worker import WorkerStats
 from stream.topics import ensure_topics
 from tests.kafka_util import group_offsets, read_topic
 
@@ -140,3 +144,65 @@ def test_a_task_takes_hand_offs_only_after_draining_its_repartition_partition(ka
     mismatched = [k for k in expected if got[k] != expected[k]]
     assert not mismatched, (f"{len(mismatched)} feature vectors differ from the reference, e.g. "
                             f"{mismatched[0]}: {got[mismatched[0]]} vs {expected[mismatched[0]]}")
+
+
+def test_two_workers_with_mixed_ownership_hand_off_what_they_own(kafka_settings, tmp_path):
+    """A worker alone hands everything off; a second one joins mid-stream and takes half of
+    each topic's partitions: each then hands off to the merchant tasks it owns and forwards
+    the rest through the topic, and the tasks that moved drain before taking hand-offs.
+    Features live on the user stage (tests/integration/test_scaling.py), so the scores must
+    equal a one-worker run's however the merchant stage interleaves its inputs."""
+    from tests.integration.test_scaling import USER_STAGE_FEATURES
+
+    n = 20_000
+    (tmp_path / "features.toml").write_text(USER_STAGE_FEATURES)
+    base = kafka_settings.replace(partitions=4, model_name="heuristic",
+                                  features_file=str(tmp_path / "features.toml"))
+    ensure_topics(base)
+    events = generate_events(n, seed=37, id_prefix="mixed")
+    _publish(base, events)
+    ref, stats = _run(base, "ref", tmp_path, local_handoff=False)
+    assert stats.scored == n
+    expected = _scores(ref, n)
+
+    # The same events into a topic of their own, published while the workers run.
+    s = base.replace(group_id=base.group_id + "-mixed", state_dir=str(tmp_path / "mixed"),
+                     topic_events=base.topic_events + "-mixed")
+    ensure_topics(s)
+    results: dict[str, object] = {}
+
+    def run(name: str) -> None:
+        try:
+            results[name] = Worker(s, instance_id=name).run(exit_when_idle=6)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            results[name] = exc
+
+    def publish_steadily() -> None:
+        with EventPublisher(s) as pub:
+            for i, e in enumerate(events):
+                pub.publish(e)
+                if i % 500 == 499:
+                    pub.flush()
+                    time.sleep(0.25)
+
+    publisher = threading.Thread(target=publish_steadily)
+    publisher.start()
+    workers = [threading.Thread(target=run, args=("w1",))]
+    workers[0].start()
+    time.sleep(2.0)
+    workers.append(threading.Thread(target=run, args=("w2",)))
+    workers[1].start()
+    publisher.join(300)
+    for w in workers:
+        w.join(300)
+        assert not w.is_alive()
+    stats = list(results.values())
+    assert all(isinstance(x, WorkerStats) for x in stats), results
+    assert sum(x.handed_off for x in stats) > 0 and sum(x.forwarded for x in stats) > 0, results
+    assert sum(x.scored for x in stats) >= n
+    got = _scores(s, n)
+    duplicates = {k: v for k, v in got.items() if len(v) != 1}
+    assert not duplicates, f"{len(duplicates)} events scored more than once"
+    assert set(got) == set(expected) == {e["event_id"] for e in events}
+    mismatched = [k for k in expected if got[k] != expected[k]]
+    assert not mismatched, f"{len(mismatched)} scores differ from the reference"

@@ -118,10 +118,15 @@ def test_metrics_move_lag_drains_and_readiness_follows_restore(kafka_settings, t
             assert _sample(text, "fraudstream_dead_letters_total", reason="bad_json") == 1
             assert _sample(text, "fraudstream_commits_total") > 0
             assert _sample(text, "fraudstream_end_to_end_seconds_count") == len(events)
-            # One record in 8 per (stage, partition) task is timed.
+            # One record in 8 per (stage, partition) task is timed. The merchant stage reads
+            # from its repartition topic what the worker did not hand to it in-process.
             merchant_consumed = [v for k, v in _series(
                 text, "fraudstream_events_consumed_total").items() if ("stage", "merchant") in k]
-            assert sum(merchant_consumed) == len(events)
+            handed_off = _sample(text, "fraudstream_forwards_total", path="handoff")
+            assert handed_off > 0
+            assert sum(merchant_consumed) + handed_off == len(events)
+            assert sum(merchant_consumed) == _sample(text, "fraudstream_forwards_total",
+                                                     path="topic")
             assert _sample(text, "fraudstream_processing_seconds_count", stage="merchant") == sum(
                 int(v) // 8 for v in merchant_consumed)
             assert _sample(text, "fraudstream_late_events_total", stage="user") == 1
