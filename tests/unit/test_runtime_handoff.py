@@ -8,6 +8,8 @@ record handler, as the consumer would hand them over.
 from __future__ import annotations
 
 import zlib
+from contextlib import contextmanager
+from typing import Iterator
 
 from confluent_kafka import Message
 
@@ -28,13 +30,26 @@ def _event(i: int, user: str, merchant: str) -> bytes:
                        "currency": "EUR"})
 
 
-def _worker(tmp_path, **overrides) -> Worker:
+@contextmanager
+def _worker(tmp_path, **overrides) -> Iterator[Worker]:
     settings = Settings.load(env={}, overrides={
         "bootstrap_servers": "127.0.0.1:9", "processing_guarantee": "at_least_once",
         "state_dir": str(tmp_path), "metrics_port": 0, "partitions": PARTITIONS,
         "model_name": "heuristic", "kafka": {"socket.connection.setup.timeout.ms": 1000},
         **overrides})
-    return Worker(settings, instance_id="ho")
+    worker = Worker(settings, instance_id="ho")
+    try:
+        yield worker
+    finally:
+        worker._producer.purge()
+        worker._consumer.close()
+
+
+def _send(worker: Worker, merchants: list[str]) -> None:
+    """One event of user u1 per merchant, through the worker's record handler."""
+    for i, m in enumerate(merchants):
+        worker._handle([Message(topic=worker.settings.topic_events, partition=0, offset=i,
+                                key=b"u1", value=_event(i, "u1", m), timestamp=(1, T0))])
 
 
 def _open(worker: Worker, stage_index: int, partition: int) -> Task:
@@ -60,39 +75,30 @@ def test_partition_is_librdkafkas_default_crc32_of_the_key():
 
 
 def test_forward_goes_to_the_local_task_only_for_partitions_it_takes_hand_offs_for(tmp_path):
-    worker = _worker(tmp_path)
-    try:
+    with _worker(tmp_path) as worker:
         user = _open(worker, 0, 0)
         merchants = [f"m{i}" for i in range(40)]
         owned = partition_for(b"m0", PARTITIONS)
         local = _open(worker, 1, owned)
         worker._local[(1, owned)] = local  # takes hand-offs (held is None)
-        for i, m in enumerate(merchants):
-            worker._handle([Message(topic=worker.settings.topic_events, partition=0, offset=i,
-                                    key=b"u1", value=_event(i, "u1", m), timestamp=(1, T0))])
+        _send(worker, merchants)
         mine = sum(1 for m in merchants if partition_for(m.encode(), PARTITIONS) == owned)
         assert 0 < mine < len(merchants)
         assert worker.stats.handed_off == mine
         assert worker.stats.forwarded == len(merchants) - mine
         assert worker.stats.scored == mine  # scored in this worker, in the same batch
         assert user.consumed == len(merchants) and local.consumed == 0
-    finally:
-        worker._producer.purge()
-        worker._consumer.close()
 
 
 def test_a_draining_task_holds_hand_offs_in_order(tmp_path):
-    worker = _worker(tmp_path)
-    try:
+    with _worker(tmp_path) as worker:
         _open(worker, 0, 0)
         p = partition_for(b"m0", PARTITIONS)
         local = _open(worker, 1, p)
         local.held, local.barrier = [], 10
         worker._local[(1, p)] = local
         worker._armed[(1, p)] = local
-        for i in range(3):
-            worker._handle([Message(topic=worker.settings.topic_events, partition=0, offset=i,
-                                    key=b"u1", value=_event(i, "u1", "m0"), timestamp=(1, T0))])
+        _send(worker, ["m0"] * 3)
         assert [h[1]["event_id"] for h in local.held] == ["e0", "e1", "e2"]
         assert (worker.stats.handed_off, worker.stats.scored, worker.stats.forwarded) == (0, 0, 0)
         # A commit before the task caught up: what it held goes to its partition, in order,
@@ -100,32 +106,21 @@ def test_a_draining_task_holds_hand_offs_in_order(tmp_path):
         worker._release_held()
         assert worker.stats.forwarded == 3 and local.held is None
         assert (1, p) not in worker._local and (1, p) in worker._unarmed
-    finally:
-        worker._producer.purge()
-        worker._consumer.close()
 
 
 def test_off_setting_forwards_everything_through_the_topic(tmp_path):
-    worker = _worker(tmp_path, local_handoff=False)
-    try:
+    with _worker(tmp_path, local_handoff=False) as worker:
         _open(worker, 0, 0)
         for p in range(PARTITIONS):
             _open(worker, 1, p)
         worker._restore_pending()  # nothing pending: only the hand-off bookkeeping runs
         assert not worker._handoff and not worker._unarmed and not worker._local
-        for i in range(8):
-            worker._handle([Message(topic=worker.settings.topic_events, partition=0, offset=i,
-                                    key=b"u1", value=_event(i, "u1", f"m{i}"),
-                                    timestamp=(1, T0))])
+        _send(worker, [f"m{i}" for i in range(8)])
         assert (worker.stats.forwarded, worker.stats.handed_off) == (8, 0)
-    finally:
-        worker._producer.purge()
-        worker._consumer.close()
 
 
 def test_opening_a_task_of_the_stage_before_re_arms_the_next_stage(tmp_path):
-    worker = _worker(tmp_path)
-    try:
+    with _worker(tmp_path) as worker:
         _open(worker, 0, 0)
         p = partition_for(b"m0", PARTITIONS)
         local = _open(worker, 1, p)
@@ -135,6 +130,3 @@ def test_opening_a_task_of_the_stage_before_re_arms_the_next_stage(tmp_path):
         _open(worker, 0, 1)
         worker._handoff_after_open([(0, 1)])
         assert (1, p) not in worker._local and worker._unarmed == {(1, p)}
-    finally:
-        worker._producer.purge()
-        worker._consumer.close()
