@@ -10,8 +10,9 @@ Commit protocol (``processing_guarantee = "exactly_once"``, the default):
 2. Processing produces outputs into it: scores, records forwarded to the next stage's repartition
    topic, labels routed to the stages that need them, dead letters. A record forwarded to a
    next-stage task that this worker owns and that has drained its partition is processed by that
-   task at once instead (local hand-off: its state changes join the same transaction); what is
-   held for a task still draining goes to the topic before step 3 (see "local hand-off" below).
+   task at once instead (local hand-off: its state changes join the same transaction); what a
+   task still draining its partition was handed meanwhile goes to the topic before step 3 (see
+   "local hand-off" below).
 3. When ``commit_interval_ms`` has passed or ``commit_every_records`` records were processed, every
    task's store is flushed: dirty state is written to RocksDB and each changed key is produced to
    the stage's compacted changelog topic (same partition), inside the transaction; an event's
@@ -464,7 +465,9 @@ class Worker(Stoppable):
                 if self._closed_epochs:
                     self._commit_delivered()
                 if self._commit_due(drained=not msgs or len(msgs) < batch):
-                    self.commit()
+                    # A task waiting for a hand-off barrier needs a point with no transaction
+                    # open or in flight: this commit then waits for its round trips.
+                    self.commit(wait=self.exactly_once and bool(self._unarmed))
                     if self._expiry_due():
                         self._expire_state()
                         gc.unfreeze()
@@ -805,7 +808,8 @@ class Worker(Stoppable):
         """State changed outside a batch (expiry): open one, so that a commit follows and writes
         the changes to the changelogs even if no record comes (with the local hand-off a batch's
         commit is often the last before a quiet spell or a shutdown)."""
-        if self.exactly_once and not self._in_txn:
+        if self.exactly_once and not self._in_txn and self._held is None:
+            # (With a commit in flight, _settle_commit begins the transaction for this batch.)
             self._producer.begin_transaction()
             self._in_txn = True
         if not self._batch_records:
@@ -908,7 +912,7 @@ class Worker(Stoppable):
                 self._drain_epochs()
             return
         if self._armed:
-            self._release_held()
+            self._send_held_to_topic()
         offsets = [TopicPartition(t, p, o) for (t, p), o in self._offsets.items()]
         commit_started = time.perf_counter()
         if self.exactly_once:
@@ -1445,9 +1449,10 @@ class Worker(Stoppable):
 
     def _arm_handoffs(self) -> None:
         """Take the barrier of every task waiting for one, if nothing this worker forwarded is
-        in flight now: exactly-once between transactions (everything is committed),
-        at-least-once once the producer has delivered everything."""
-        if self.exactly_once and self._in_txn:
+        in flight now: exactly-once between transactions (everything is committed; no commit in
+        flight, so no outputs held for the next transaction either), at-least-once once the
+        producer has delivered everything."""
+        if self.exactly_once and (self._in_txn or self._inflight is not None):
             return
         if not self.exactly_once and self._producer.flush(30):
             return  # not all delivered yet: next time
@@ -1492,7 +1497,7 @@ class Worker(Stoppable):
                     self.stats.handed_off += 1
                     self._advance(task, event, payload, appended_ms)
 
-    def _release_held(self) -> None:
+    def _send_held_to_topic(self) -> None:
         """Before a commit: what draining tasks hold goes to their topic, since the offsets of
         the records it came from commit now; those tasks need a new barrier."""
         for key, task in list(self._armed.items()):

@@ -103,7 +103,7 @@ def test_a_draining_task_holds_hand_offs_in_order(tmp_path):
         assert (worker.stats.handed_off, worker.stats.scored, worker.stats.forwarded) == (0, 0, 0)
         # A commit before the task caught up: what it held goes to its partition, in order,
         # and the task waits for a new barrier.
-        worker._release_held()
+        worker._send_held_to_topic()
         assert worker.stats.forwarded == 3 and local.held is None
         assert (1, p) not in worker._local and (1, p) in worker._unarmed
 
