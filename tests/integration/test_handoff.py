@@ -130,7 +130,9 @@ def test_a_task_takes_hand_offs_only_after_draining_its_repartition_partition(ka
     # interleaved, so the user stage forwards while the merchant task still drains (and holds
     # them: long transactions, so that it finishes draining before a commit sends what it holds
     # to the topic).
-    small = s.replace(poll_batch_size=20, commit_interval_ms=3000, commit_min_interval_ms=3000,
+    small = s.replace(poll_batch_size=20, commit_interval_ms=20_000,
+                      commit_min_interval_ms=20_000, commit_every_records=100_000,
+                      transaction_timeout_ms=60_000,
                       kafka={**s.kafka, "max.partition.fetch.bytes": 16_384})
     second = Worker(small, instance_id="d2", emitter=emitter).run(exit_when_idle=4)
     assert second.handed_off > 0, (first, second, committed, ends)
