@@ -439,10 +439,14 @@ class Worker(Stoppable):
                 if self._rewind_reason is not None:
                     self._recover(self._rewind_reason)  # what was just consumed is re-read
                     continue
-                if msgs:
-                    last_activity = time.monotonic()
+                if msgs or self._armed:
+                    # (An armed task's position can reach its barrier by stepping over a
+                    # transaction marker, with no record handed over.)
+                    if msgs:
+                        last_activity = time.monotonic()
                     try:
-                        self._handle(msgs)
+                        if msgs:
+                            self._handle(msgs)
                         if self._armed:
                             self._take_up_handoffs()
                     except KafkaException as exc:
@@ -451,9 +455,9 @@ class Worker(Stoppable):
                             raise KafkaError(f"producing failed: {exc.args[0].str()}") from None
                         self._recover(exc.args[0].str())
                         continue
-                elif (exit_when_idle is not None and not self._batch_records
-                      and self._inflight is None
-                      and time.monotonic() - last_activity >= exit_when_idle):
+                if (not msgs and exit_when_idle is not None and not self._batch_records
+                        and self._inflight is None
+                        and time.monotonic() - last_activity >= exit_when_idle):
                     log.info("idle for %.1fs: exiting", exit_when_idle)
                     break
                 self._producer.poll(0)
