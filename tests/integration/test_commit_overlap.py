@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from stream.demo import generate_events
 from stream.publisher import EventPublisher
 from stream.runtime import Worker
@@ -36,10 +38,8 @@ COMMIT_EVERY = "500"
 FAULT_RUNS = (("in_flight", 2), ("committed", 2), ("produced", 2), ("in_flight", 3))
 FAULTS = [sys.executable, "-m", "tests.integration.faultpoints"]
 WORKER = ["worker", "--instance-id", "o1"]
-# Without the local hand-off (docs/runtime.md): the fault points need work going on while each
-# commit is in flight, which the two-commit path of every event provides (with the hand-off a
-# chunk can be done before the nth commit, and the point is never reached), and the SIGTERM test
-# counts the forwards in the repartition topic. The hand-off under kills: test_crash_recovery.
+# The SIGTERM test counts the forwards in the repartition topic, so it runs without the local
+# hand-off (docs/runtime.md); the SIGKILL test runs both ways.
 NO_HANDOFF = {"FRAUDSTREAM_LOCAL_HANDOFF": "false"}
 
 
@@ -60,8 +60,10 @@ def _run(cmd: list[str], env: dict, log_path: Path, timeout: float = 120) -> int
                 proc.wait()
 
 
+@pytest.mark.parametrize("handoff", ["true", "false"])
 def test_sigkill_at_each_point_of_an_overlapped_commit_gives_reference_scores(kafka_settings,
-                                                                             tmp_path: Path):
+                                                                             tmp_path: Path,
+                                                                             handoff: str):
     base = kafka_settings.replace(partitions=1, model_name="heuristic")
     ensure_topics(base)
     events = generate_events(CHUNK * (len(FAULT_RUNS) + 1), seed=13, id_prefix="overlap")
@@ -70,8 +72,8 @@ def test_sigkill_at_each_point_of_an_overlapped_commit_gives_reference_scores(ka
     crash = base.replace(group_id=base.group_id + "-overlap", state_dir=str(tmp_path / "crash"))
     env = process_env(crash, FRAUDSTREAM_TRANSACTION_TIMEOUT_MS="10000",
                       FRAUDSTREAM_MODEL_NAME="heuristic",
-                      FRAUDSTREAM_COMMIT_EVERY_RECORDS=COMMIT_EVERY, **NO_HANDOFF,
-                      **FAST_FAILOVER)
+                      FRAUDSTREAM_COMMIT_EVERY_RECORDS=COMMIT_EVERY,
+                      FRAUDSTREAM_LOCAL_HANDOFF=handoff, **FAST_FAILOVER)
     log_path = tmp_path / "worker.log"
     for i, (point, nth) in enumerate(FAULT_RUNS):
         _publish(base, events[i * CHUNK:(i + 1) * CHUNK])
