@@ -34,7 +34,10 @@ N_EVENTS = 50_000
 def test_sigkill_at_random_points_gives_exactly_once_and_reference_scores(kafka_settings,
                                                                           tmp_path: Path):
     rng = random.Random(20261128)
-    # The heuristic scorer: scores that depend on every feature, so equal scores mean equal state.
+    # The heuristic scorer (a fixed scorecard, online_models/prior.py): deterministic scores over
+    # the features it weighs (velocities, novelty, amount against habit, merchant fraud
+    # history), so equal scores mean equal state for those; features it gives no weight are
+    # compared by tests/integration/test_handoff.py's feature vectors, not here.
     base = kafka_settings.replace(partitions=1, model_name="heuristic")
     ensure_topics(base)
     events = generate_events(N_EVENTS, seed=11, id_prefix="crash")

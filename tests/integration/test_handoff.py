@@ -54,7 +54,7 @@ def _publish(s, events) -> None:
 
 
 def _published(kafka_settings, prefix: str):
-    # The heuristic scorer: scores that depend on every feature, so equal scores mean equal state.
+    # The heuristic scorer: deterministic scores; the emitter runs compare whole vectors.
     base = kafka_settings.replace(partitions=1, model_name="heuristic")
     ensure_topics(base)
     events = generate_events(N_EVENTS, seed=29, id_prefix=prefix)
