@@ -3,6 +3,9 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+# Test files run on this many pytest-xdist workers, each with its own broker (tests/conftest.py).
+TEST_JOBS ?= 2
+PYTEST := $(BIN)/python -m pytest -n $(TEST_JOBS) --dist loadfile
 STAMP  := $(VENV)/.installed-dev
 
 .PHONY: install demo test test-unit test-integration kafka-up kafka-down bench clean
@@ -22,13 +25,13 @@ demo: $(STAMP)
 
 ## The whole test suite; integration tests start their own broker (or use $$KAFKA_BOOTSTRAP).
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(PYTEST)
 
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit features online_models stream
+	$(PYTEST) tests/unit features online_models stream
 
 test-integration: $(STAMP)
-	$(BIN)/python -m pytest tests/integration
+	$(PYTEST) tests/integration
 
 kafka-up: $(STAMP)
 	$(BIN)/fraudstream kafka up

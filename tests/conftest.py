@@ -4,6 +4,10 @@ The broker comes from, in order: ``KAFKA_BOOTSTRAP`` if set; a testcontainers Ka
 engine answers; else the project's own local Apache Kafka (``stream.localkafka``), started on free
 ports in a temporary directory and stopped when the session ends. When none can be had, tests that
 need Kafka fail if ``CI`` is set and skip otherwise.
+
+``make test`` runs the test files on two pytest-xdist workers (``--dist loadfile``). Each worker is
+a session of its own, so each starts (and stops) a broker of its own; they share the jar cache,
+which one of them fetches while the other waits.
 """
 
 from __future__ import annotations
@@ -55,7 +59,14 @@ def _docker_answers() -> bool:
 
 
 def _say(config: pytest.Config, line: str) -> None:
-    """Print past output capture, so the log shows which broker (and version) tests ran on."""
+    """Print past output capture, so the log shows which broker (and version) tests ran on.
+
+    A pytest-xdist worker has no terminal of its own: it hands its lines to the controller, which
+    prints them when the worker finishes (``pytest_testnodedown`` below).
+    """
+    workeroutput = getattr(config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput.setdefault("kafka_lines", []).append(line)
     reporter = config.pluginmanager.getplugin("terminalreporter")
     capman = config.pluginmanager.getplugin("capturemanager")
     if reporter is None:
@@ -126,6 +137,14 @@ def kafka_settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
         "commit_interval_ms": 100,
         "state_dir": str(tmp_path / "state"),
     })
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:  # noqa: ANN001 - pytest-xdist's hook signature
+    reporter = node.config.pluginmanager.getplugin("terminalreporter")
+    if reporter is not None:
+        for line in getattr(node, "workeroutput", {}).get("kafka_lines", []):
+            reporter.write_line(f"[{node.gateway.id}] {line}")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -105,7 +106,12 @@ class LocalKafka:
         return (self.jars_dir / _COMPLETE).exists()
 
     def fetch(self) -> bool:
-        """Resolve the broker jars into the cache; returns False when the cache was already there."""
+        """Resolve the broker jars into the cache; returns False when the cache was already there.
+
+        Several processes may start brokers on one cache at once (parallel test workers, two
+        ``kafka up``): an exclusive lock on a file in the cache lets one fetch while the others
+        wait and then find the cache complete, so no process replaces jars another one is using.
+        """
         if self.is_fetched():
             return False
         mvn = shutil.which("mvn")
@@ -113,6 +119,14 @@ class LocalKafka:
             raise LocalKafkaError("Maven ('mvn') is not on PATH; it is needed once to fetch "
                                   f"Apache Kafka {self.version}'s jars")
         self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.cache_dir / ".fetch.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            if self.is_fetched():
+                return False
+            self._fetch_locked(mvn)
+        return True
+
+    def _fetch_locked(self, mvn: str) -> None:
         staging = Path(tempfile.mkdtemp(prefix=".fetch-", dir=self.cache_dir))
         self._log(f"fetching Apache Kafka {self.version} jars through Maven into {self.jars_dir}")
         started = time.monotonic()
@@ -137,7 +151,6 @@ class LocalKafka:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         self._log(f"fetched in {time.monotonic() - started:.1f}s")
-        return True
 
     # ------------------------------------------------------------------ status
     def _read_pid(self) -> tuple[int, str] | None:

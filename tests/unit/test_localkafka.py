@@ -56,3 +56,39 @@ def test_cluster_id_shape():
 def test_start_time_of_missing_process_is_empty():
     assert _process_start_time(2**22 + 12345) == ""
     assert _process_start_time(os.getpid()) != ""
+
+
+_FAKE_MVN = """#!{python}
+# Stands in for Maven: counts its runs, takes a while, then writes the broker jar where told.
+import pathlib, sys, time
+out = next(a.split("=", 1)[1] for a in sys.argv if a.startswith("-DoutputDirectory="))
+with open({runs!r}, "a") as f:
+    f.write("run\\n")
+time.sleep(1.0)
+pathlib.Path(out, "kafka_2.13-{version}.jar").write_text("jar")
+"""
+
+
+def _fetch_in_child(cache: str) -> bool:
+    return LocalKafka(Path(cache) / "home", cache).fetch()
+
+
+def test_concurrent_fetches_run_maven_once(tmp_path: Path, monkeypatch):
+    # Parallel test workers each start a broker on one cache: one process fetches, the others
+    # wait for it and find the cache complete instead of replacing jars in use.
+    import multiprocessing
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    runs = tmp_path / "runs.txt"
+    mvn = bindir / "mvn"
+    mvn.write_text(_FAKE_MVN.format(python=sys.executable, runs=str(runs),
+                                    version=kafka_version()))
+    mvn.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    cache = tmp_path / "cache"
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        fetched = pool.map(_fetch_in_child, [str(cache)] * 3)
+    assert sorted(fetched) == [False, False, True]
+    assert runs.read_text().splitlines() == ["run"]
+    assert LocalKafka(tmp_path / "home", cache).is_fetched()
