@@ -12,13 +12,16 @@ For each processing guarantee (exactly_once, at_least_once):
   stages. The worker's CPU seconds over the same span give events per CPU-second, which a busy
   machine disturbs less.
 * **latency** (``--latency-rounds``, each a fresh worker, warmed up): a generator *process*
-  produces ``--paced`` events open loop at ``--rate`` per second (pre-encoded, ``linger.ms=0``;
+  produces ``--paced`` events open loop at ``--rate`` per second (pre-encoded, ``linger.ms=5``
+  as the SDK's publisher, ``--generator-linger``; each event timed from its ``produce`` call;
   every event due is sent however late the generator runs, so a slow worker meets a backlog, not
   a slower offer), while this process reads the scores read_committed and times each event from
   its ``produce`` to its score's arrival: p50, p99, p99.9 over every event. Reported with the
   rate the generator achieved, how far it fell behind its schedule, the worker's CPU use in
   cores, and how long after the last send the last score arrived (a worker that cannot keep up
-  shows it there first). Medians over the runs.
+  shows it there first), and every process's CPU (worker, broker, generator, this reader: on a
+  small machine they share the cores). Medians over the runs. With ``--probe`` each run also
+  leaves per-event send/produce/read times for ``bench/latency_breakdown.py``.
 
 ``--worker-root`` and ``--worker-python`` run the worker from another checkout (a detached
 checkout of the base commit) with everything else the same, for side-by-side runs; ``--probe``
@@ -91,6 +94,12 @@ PROBE_DIR: Path | None = None
 #: detached checkout of another commit, for side-by-side runs), by default this one.
 WORKER_ROOT: Path = ROOT
 WORKER_PYTHON: str = sys.executable
+#: The local broker's PID (its CPU use is reported per latency run).
+BROKER_PID: int | None = None
+#: Set by --generator-linger: the load generator's ``linger.ms``. 5, as the SDK's EventPublisher
+#: (librdkafka's default); until 2026-11-29 it was 0, a produce request per 1 ms tick, which
+#: cost the generator and the broker about 0.3 cores between them at 5,000/s (docs/benchmarks.md).
+GENERATOR_LINGER_MS: int = 5
 
 
 def _start_worker(s: Settings, guarantee: str, log: Path, tag: str = "") -> subprocess.Popen:
@@ -122,6 +131,12 @@ def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def _own_cpu() -> float:
+    """This process's CPU seconds, every thread (the score reader's librdkafka threads too)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _thread_cpu(pid: int) -> dict[str, float]:
@@ -241,7 +256,7 @@ def _generate(producer_conf: dict, topic: str, warm_topic: str,
     sent = [0.0] * n
     conn.send("ready")
     conn.recv()
-    start = time.monotonic()
+    start, cpu0, threads0 = time.monotonic(), time.process_time(), _thread_cpu(os.getpid())
     i = 0
     while i < n:
         due = min(n, int((time.monotonic() - start) * rate) + 1)
@@ -263,7 +278,8 @@ def _generate(producer_conf: dict, topic: str, warm_topic: str,
             # timed from its own send.
             time.sleep(max(delay, 0.001))
     producer.flush(60)
-    conn.send((start, sent, failed[0]))
+    threads = {k: round(v - threads0.get(k, 0.0), 2) for k, v in _thread_cpu(os.getpid()).items()}
+    conn.send((start, sent, failed[0], time.process_time() - cpu0, threads))
 
 
 def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: float,
@@ -288,6 +304,9 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
     worker = _start_worker(s, guarantee, work / f"worker-{tag}.log", tag)
     score_consumer = ScoreConsumer(s, from_beginning=True)
     received = [0.0] * len(events)
+    # Each score's record timestamp (ms, wall clock): when the worker produced it, which splits
+    # an event's wait into before and after that point (``--probe`` keeps them).
+    produced = [0] * len(events)
     gen = None
     try:
         _warm_up(s, score_consumer, events)
@@ -299,7 +318,8 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
             consumer.poll(0.1)
         ctx = multiprocessing.get_context("spawn")
         here, there = ctx.Pipe()
-        gen = ctx.Process(target=_generate, args=(s.producer_config(**{"linger.ms": 0}),
+        gen_conf = s.producer_config(**{"linger.ms": GENERATOR_LINGER_MS})
+        gen = ctx.Process(target=_generate, args=(gen_conf,
                                                   s.topic_events, s.topic_dead_letter, records,
                                                   rate, there))
         gen.start()
@@ -307,6 +327,8 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
             raise RuntimeError(f"{tag}: the load generator did not start")
         here.recv()  # the generator is connected
         cpu0, t0 = _cpu_seconds(worker.pid), time.monotonic()
+        broker0 = _cpu_seconds(BROKER_PID) if BROKER_PID else 0.0
+        reader0 = _own_cpu()
         here.send("go")
         got = 0
         deadline = time.monotonic() + len(events) / rate + 120
@@ -322,10 +344,14 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
                 i = ids.get(wire.loads(msg.value())["event_id"])
                 if i is not None and not received[i]:
                     received[i] = time.monotonic()
+                    produced[i] = msg.timestamp()[1]
                     got += 1
             if result is None and here.poll():
                 result = here.recv()
         cpu, span = _cpu_seconds(worker.pid) - cpu0, time.monotonic() - t0
+        reader_cpu = _own_cpu() - reader0
+        broker_cpu = _cpu_seconds(BROKER_PID) - broker0 if BROKER_PID else 0.0
+        wall_offset = time.time() - time.monotonic()
         if result is None:
             if not here.poll(120):
                 raise RuntimeError(f"{tag}: the load generator did not finish")
@@ -337,7 +363,13 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
             gen.terminate()
         worker.send_signal(signal.SIGTERM)
         worker.wait(60)
-    start, sent, failed = result
+    start, sent, failed, gen_cpu, gen_threads = result
+    if PROBE_DIR is not None:  # per event: sent, score read (wall clock, s), score produced (ms)
+        (PROBE_DIR / f"{tag}.events.json").write_bytes(wire.dumps({
+            "warmup": int(warmup_s * rate),
+            "sent": [t + wall_offset for t in sent],
+            "received": [r + wall_offset if r else 0.0 for r in received],
+            "produced_ms": produced}))
     # The statistics leave out the events sent in the first ``warmup_s``: every run starts a
     # fresh broker, whose JVM compiles its transaction and fetch paths during the first seconds
     # of load (the worst latencies of a run were there, at any rate; see "all_p99_ms").
@@ -365,13 +397,21 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
             "all_p99_ms": everything[min(len(everything) - 1, int(0.99 * len(everything)))] * 1000,
             "drain_ms": (max(received) - sent[-1]) * 1000,
             "worker_cores": cpu / span if span else 0.0,
+            # Every process's CPU over the same span, in cores: on 2 shared cores what the
+            # broker, the generator and this reader use is not the worker's.
+            "cores": {"worker": cpu / span, "broker": broker_cpu / span,
+                      "generator": gen_cpu / span, "reader": reader_cpu / span},
+            "generator_cpu_s_by_thread": gen_threads,
             "worst_ms_per_250ms": [timeline.get(i, 0.0) for i in range(max(timeline) + 1)]}
 
 
 def _median_latency(rounds: list[dict]) -> dict:
-    return {k: statistics.median(r[k] for r in rounds)
-            for k in ("achieved_rate", "p50_ms", "p99_ms", "p999_ms", "max_ms", "drain_ms",
-                      "worker_cores", "generator_behind_ms")}
+    out = {k: statistics.median(r[k] for r in rounds)
+           for k in ("achieved_rate", "p50_ms", "p99_ms", "p999_ms", "max_ms", "drain_ms",
+                     "worker_cores", "generator_behind_ms")}
+    out["cores"] = {k: statistics.median(r["cores"][k] for r in rounds)
+                    for k in rounds[0]["cores"]}
+    return out
 
 
 def main() -> None:
@@ -402,11 +442,17 @@ def main() -> None:
     ap.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                     help="an extra FRAUDSTREAM_* variable for the worker, e.g. "
                          "FRAUDSTREAM_COMMIT_INTERVAL_MS=200 (repeatable)")
+    ap.add_argument("--generator-linger", type=int, default=5, metavar="MS",
+                    help="the load generator's linger.ms (default 5, as the SDK's "
+                         "EventPublisher; 0, the default until 2026-11-29, sends a produce "
+                         "request per 1 ms tick); latency still counts from each event's "
+                         "produce call, so it includes the linger")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true",
                     help="keep the broker data, worker state and logs (a temp dir) after a run")
     args = ap.parse_args()
-    global PROFILE_DIR, PROBE_DIR, WORKER_ROOT, WORKER_PYTHON
+    global PROFILE_DIR, PROBE_DIR, WORKER_ROOT, WORKER_PYTHON, BROKER_PID, GENERATOR_LINGER_MS
+    GENERATOR_LINGER_MS = args.generator_linger
     for item in args.worker_env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("FRAUDSTREAM_"):
@@ -426,6 +472,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="fraudstream-bench-runtime-"))
     broker = LocalKafka(work / "kafka", ROOT / ".cache" / "kafka", port=_free_port())
     status = broker.up()
+    BROKER_PID = status.pid
     finished = False
     try:
         base = bench_settings(status.bootstrap, args.partitions)
@@ -464,7 +511,8 @@ def main() -> None:
           + (f"; worker from {WORKER_ROOT}" if WORKER_ROOT != ROOT else ""))
     print(f"{args.events:,} events, {args.partitions} partitions, default features and model; "
           f"latency at {args.rate:.0f} events/s offered, {args.paced:,} events, "
-          f"{args.latency_rounds} run(s), the first {args.latency_warmup:g} s of each left out"
+          f"{args.latency_rounds} run(s), the first {args.latency_warmup:g} s of each left out, "
+          f"generator linger.ms={GENERATOR_LINGER_MS}"
           + "".join(f"; {k}={v}" for k, v in WORKER_ENV.items()))
     print("| guarantee | events/s (median) | events per CPU-second | achieved rate | p50 ms | "
           "p99 ms | p99.9 ms | worker cores |")
@@ -484,7 +532,11 @@ def main() -> None:
                   f"{run['p50_ms']:.0f}/{run['p99_ms']:.0f}/{run['p999_ms']:.0f}/"
                   f"{run['max_ms']:.0f} ms (p99 with the first {run['warmup_s']:g} s: "
                   f"{run['all_p99_ms']:.0f} ms), last score {run['drain_ms']:.0f} ms after the "
-                  f"last send, worker {run['worker_cores']:.2f} cores, {run['missing']} missing")
+                  f"last send, worker {run['worker_cores']:.2f} cores, {run['missing']} missing; "
+                  "cores: " + ", ".join(f"{k} {v:.2f}" for k, v in run["cores"].items())
+                  + "; generator CPU-s by thread: " + ", ".join(
+                      f"{k} {v:.2f}" for k, v in sorted(run["generator_cpu_s_by_thread"].items(),
+                                                      key=lambda kv: -kv[1]) if v))
     # The worker's CPU by thread kind (librdkafka and RocksDB threads are invisible to py-spy).
     for g, r in results.items():
         for i, run in enumerate(r["rounds"]):

@@ -36,6 +36,13 @@ _totals: dict[str, float] = defaultdict(float)
 _iterations: list[float] = []
 _long: list[dict] = []
 _gc_started = 0.0
+#: (what, wall-clock time) for each exactly-once commit's steps, to break an event's wait down
+#: against the scores' produce timestamps (``bench_runtime.py --probe``): "enter" (commit()
+#: called: the changelog flush starts), "start" (steps 4-5 handed to the call thread),
+#: "txn" / "txn_end" (commit_transaction on the call thread: send_offsets_to_transaction has
+#: returned / the transaction is committed), "settle" / "settled" (the loop takes the outcome
+#: up, then has produced the held outputs into the next transaction).
+_marks: list[tuple[str, float]] = []
 
 
 def _timed(name: str, fn):
@@ -80,8 +87,24 @@ def _beat(original):
     return beat
 
 
+def _marked(before: str, after: str | None, fn):
+    def wrapper(*args, **kwargs):
+        _marks.append((before, time.time()))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if after is not None:
+                _marks.append((after, time.time()))
+    return wrapper
+
+
 def install() -> None:
     W = worker_mod.Worker
+    for name, before, after in (("commit", "enter", None), ("_start_commit", "start", None),
+                                ("_commit_transaction", "txn", "txn_end"),
+                                ("_settle_commit", "settle", "settled")):
+        if hasattr(W, name):
+            setattr(W, name, _marked(before, after, getattr(W, name)))
     for name in STEPS:
         if hasattr(W, name):  # a step another version of the worker does not have
             setattr(W, name, _timed(name, getattr(W, name)))
@@ -109,7 +132,7 @@ def report(out: Path) -> None:
         "iterations": len(its), "p50_ms": q(0.5), "p99_ms": q(0.99), "p999_ms": q(0.999),
         "max_ms": q(1.0), "total_s": round(sum(its), 3),
         "steps_s": {k: round(v, 3) for k, v in sorted(_totals.items(), key=lambda kv: -kv[1])},
-        "long": _long}))
+        "long": _long, "marks": _marks}))
 
 
 def main() -> None:
