@@ -23,6 +23,10 @@ For each processing guarantee (exactly_once, at_least_once):
   small machine they share the cores). Medians over the runs. With ``--probe`` each run also
   leaves per-event send/produce/read times for ``bench/latency_breakdown.py``.
 
+``--pin-worker CPU`` gives the worker that CPU alone and puts everything else (this process, the
+broker, the generator) on the other CPUs: the production layout, where the broker and the
+publishers run elsewhere, on one small machine.
+
 ``--worker-root`` and ``--worker-python`` run the worker from another checkout (a detached
 checkout of the base commit) with everything else the same, for side-by-side runs; ``--probe``
 runs each worker under ``bench/loop_probe.py`` (its loop timed step by step).
@@ -100,6 +104,10 @@ BROKER_PID: int | None = None
 #: (librdkafka's default); until 2026-11-29 it was 0, a produce request per 1 ms tick, which
 #: cost the generator and the broker about 0.3 cores between them at 5,000/s (docs/benchmarks.md).
 GENERATOR_LINGER_MS: int = 5
+#: Set by --pin-worker: the CPU the worker runs on; this process, the broker and the generator
+#: (its children) then run on the other CPUs, as in production, where the broker has machines of
+#: its own and the publishers are other services.
+WORKER_CPU: int | None = None
 
 
 def _start_worker(s: Settings, guarantee: str, log: Path, tag: str = "") -> subprocess.Popen:
@@ -111,9 +119,12 @@ def _start_worker(s: Settings, guarantee: str, log: Path, tag: str = "") -> subp
     env = _env(s, guarantee)
     if WORKER_ROOT != ROOT:
         env["PYTHONPATH"] = str(WORKER_ROOT)
+    argv = [WORKER_PYTHON, *cmd]
+    if WORKER_CPU is not None:  # taskset execs the worker: same PID, every thread on that CPU
+        argv = ["taskset", "--cpu-list", str(WORKER_CPU), *argv]
     with log.open("ab") as fh:
-        return subprocess.Popen([WORKER_PYTHON, *cmd], env=env, stdout=fh,
-                                stderr=subprocess.STDOUT, cwd=WORKER_ROOT)
+        return subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT,
+                                cwd=WORKER_ROOT)
 
 
 def _profile(pid: int, tag: str) -> subprocess.Popen | None:
@@ -447,12 +458,25 @@ def main() -> None:
                          "EventPublisher; 0, the default until 2026-11-29, sends a produce "
                          "request per 1 ms tick); latency still counts from each event's "
                          "produce call, so it includes the linger")
+    ap.add_argument("--pin-worker", type=int, default=None, metavar="CPU",
+                    help="run the worker on this CPU alone and the broker, the generator and "
+                         "the reader on the others (the production layout, on one machine)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--keep", action="store_true",
                     help="keep the broker data, worker state and logs (a temp dir) after a run")
     args = ap.parse_args()
     global PROFILE_DIR, PROBE_DIR, WORKER_ROOT, WORKER_PYTHON, BROKER_PID, GENERATOR_LINGER_MS
+    global WORKER_CPU
     GENERATOR_LINGER_MS = args.generator_linger
+    if args.pin_worker is not None:
+        others = os.sched_getaffinity(0) - {args.pin_worker}
+        if args.pin_worker not in os.sched_getaffinity(0) or not others:
+            ap.error(f"--pin-worker {args.pin_worker}: needs that CPU and at least one other "
+                     f"among this process's {sorted(os.sched_getaffinity(0))}")
+        if shutil.which("taskset") is None:
+            ap.error("--pin-worker needs taskset (util-linux) on PATH")
+        WORKER_CPU = args.pin_worker
+        os.sched_setaffinity(0, others)  # inherited by the broker and the generator
     for item in args.worker_env:
         name, sep, value = item.partition("=")
         if not sep or not name.startswith("FRAUDSTREAM_"):
@@ -513,6 +537,8 @@ def main() -> None:
           f"latency at {args.rate:.0f} events/s offered, {args.paced:,} events, "
           f"{args.latency_rounds} run(s), the first {args.latency_warmup:g} s of each left out, "
           f"generator linger.ms={GENERATOR_LINGER_MS}"
+          + (f"; worker pinned to CPU {WORKER_CPU}, the rest on "
+             f"{sorted(os.sched_getaffinity(0))}" if WORKER_CPU is not None else "")
           + "".join(f"; {k}={v}" for k, v in WORKER_ENV.items()))
     print("| guarantee | events/s (median) | events per CPU-second | achieved rate | p50 ms | "
           "p99 ms | p99.9 ms | worker cores |")
