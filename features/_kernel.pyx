@@ -878,10 +878,14 @@ cdef class State:
     ``dirty``: the engine changed the state and told its store (``touch``) since the store last
     wrote it. The engine touches a dirty state no more; a store with ``touch`` clears the flag
     whenever it encodes the state for writing. Not part of the encoding.
+
+    ``ref``: free for a store's eviction policy (``stream.state``'s cache sets it on a hit and
+    clears it when it gives the state a second chance). Not part of the encoding.
     """
     cdef readonly int64_t t
     cdef public list last
     cdef public bint dirty
+    cdef public bint ref
     cdef Ring* rings
     cdef int nr
 

@@ -5,12 +5,16 @@ memory). ``get`` returns the cached object itself; the engine changes it in plac
 ``put``, which only marks it dirty. Dirty objects are encoded (:func:`features.store.encode`) when
 they are evicted or on :meth:`CachedStore.flush`, and written as one write batch.
 
-Eviction approximates least-recently-used with two generations: objects read or written go to the
-young generation; when the cache is full, objects are evicted oldest first from the old one, and
-when the old generation is empty the young one becomes old. A hit in the young generation is a
-single dict lookup (a strict LRU moves the key on every hit, which on a large dict costs more
-than the lookup); an object touched again while old moves back to the young generation. :meth:`CachedStore.flush` returns every key written since the previous flush with its
-encoded value (``None`` for a delete): exactly what a changelog topic needs.
+Eviction approximates least-recently-used with one dict in insertion order and a reference bit
+(CLOCK, or "second chance"): an object read or written goes to the back when it enters the cache; a
+hit on a feature state only sets its ``ref`` flag (no dict is touched, so a hit costs one lookup).
+When the cache is full, objects are evicted from the front; a feature state whose flag is set is
+moved to the back instead, with its flag cleared. Other objects (label-index entries, parked
+labels) leave in insertion order. Every miss costs one lookup and one insertion in that dict, and
+a write of an object that is not cached (a label-index entry) one lookup: with millions of cached
+entities each lookup in it is a cache miss of the CPU, so their number per event is what the
+cache is designed around. :meth:`CachedStore.flush` returns every key written since the previous
+flush with its encoded value (``None`` for a delete): exactly what a changelog topic needs.
 
 Encoded writes wait in a pending buffer (reads see it) until ``batch_size`` of them are there,
 and :meth:`CachedStore.flush` writes the whole buffer to the backend, unless the store keeps a
@@ -70,8 +74,7 @@ class CachedStore:
         self.batch_size = batch_size
         self.keep = keep
         self._encode, self._decode = encode, decode
-        self._young: dict[bytes, Any] = {}
-        self._old: dict[bytes, Any] = {}
+        self._live: dict[bytes, Any] = {}     # cached objects, in eviction order
         self._dirty: set[bytes] = set()
         self._pending: dict[bytes, bytes | None] = {}   # encoded, not yet in the backend
         self._changes: dict[bytes, bytes | None] = {}   # written since the last flush()
@@ -80,43 +83,42 @@ class CachedStore:
 
     # ------------------------------------------------------------------ StateStore
     def get(self, key: bytes) -> Any | None:
-        young = self._young
-        value = young.get(key)
+        value = self._live.get(key)
         if value is not None:
             self.hits += 1
+            if type(value) is _State:
+                value.ref = True   # a second chance when eviction reaches it (see _evict)
             return value
-        value = self._old.pop(key, None)
-        if value is not None:
-            self.hits += 1
-        else:
-            self.misses += 1
-            raw = self._pending.get(key, _MISSING)
-            if raw is _MISSING:
-                raw = self.backend.get(key)
-            if raw is None:
-                return None
-            value = self._decode(raw)
-        young[key] = value
-        if len(young) + len(self._old) > self.capacity:
+        self.misses += 1
+        raw = self._pending.get(key, _MISSING)
+        if raw is _MISSING:
+            raw = self.backend.get(key)
+        if raw is None:
+            return None
+        value = self._decode(raw)
+        live = self._live
+        if len(live) >= self.capacity:
             self._evict()
+        live[key] = value
         return value
 
     def put(self, key: bytes, value: Any, *, cache: bool = True) -> None:
         if cache:
-            young = self._young
-            if young.get(key) is not value:
-                self._old.pop(key, None)
-                young[key] = value
-                if len(young) + len(self._old) > self.capacity:
-                    self._evict()
+            # One store: a key already cached keeps its place (and the new object), a new one
+            # goes to the back.
+            live = self._live
+            if len(live) >= self.capacity:
+                self._evict()
+            live[key] = value
             self._dirty.add(key)
             if type(value) is _State:
                 value.dirty = True   # evictions go by the flag (see _evict)
         else:
-            # The engine's label index takes this path once per event: staged inline.
-            self._young.pop(key, None)
-            self._old.pop(key, None)
-            self._dirty.discard(key)
+            # The engine's label index takes this path once per event, for a key that is
+            # almost never cached: one lookup. A key left in the dirty set without its object
+            # is skipped by _write_dirty.
+            if self._live.pop(key, None) is not None:
+                self._dirty.discard(key)
             if type(value) is _State:
                 value.dirty = False
             pending = self._pending
@@ -134,39 +136,49 @@ class CachedStore:
         self._dirty.add(key)
 
     def delete(self, key: bytes) -> None:
-        self._young.pop(key, None)
-        self._old.pop(key, None)
+        self._live.pop(key, None)
         self._dirty.discard(key)
         self._stage(key, None)
 
     # ------------------------------------------------------------------ batching
     def _evict(self) -> None:
-        if not self._old:  # a new generation: what was young is now the oldest
-            self._old, self._young = self._young, {}
-        old, dirty, encode = self._old, self._dirty, self._encode
-        excess = len(old) + len(self._young) - self.capacity
+        """Make room for one more object. Called before the object goes in, so the object a
+        ``get`` returns is never evicted by that same call: the engine changes it next and
+        touches its key, which must find it cached."""
+        live, dirty, encode = self._live, self._dirty, self._encode
         # Evict in chunks of 1/64 of the capacity so eviction cost is amortised.
-        count = max(excess, self.capacity // 64, 1)
+        count = max(len(live) + 1 - self.capacity, self.capacity // 64, 1)
         pending, changes, batch = self._pending, self._changes, self.batch_size
-        for key in list(islice(old, count)):
-            value = old.pop(key)
-            # Encoding clears a feature state's dirty flag: the engine touches it (once) again
-            # when it next changes it (the same in _write_dirty and put). A feature state tells
-            # by its flag whether it changed since it was last written, so its key stays in the
-            # dirty set (_write_dirty skips it): two lookups fewer per eviction in a set that
-            # between flushes holds every entity changed since (millions in a long replay).
-            if type(value) is _State:
-                if not value.dirty:
-                    continue
-                value.dirty = False
-            elif key in dirty:  # staged inline: this loop is per entity
-                dirty.remove(key)
-            else:
-                continue
-            pending[key] = changes[key] = encode(value)
-            if len(pending) >= batch:
-                self._write_batch()
-                pending = self._pending
+        # Each pass clears the flag of every state it moves to the back, so after at most one
+        # trip round the dict every state met is evictable: the loop ends.
+        while count > 0 and live:
+            for key in list(islice(live, count)):
+                value = live.pop(key)
+                if type(value) is _State:
+                    if value.ref:  # used since it was cached or last passed: to the back
+                        value.ref = False
+                        live[key] = value
+                        continue
+                    count -= 1
+                    # Encoding clears a feature state's dirty flag: the engine touches it (once)
+                    # again when it next changes it (the same in _write_dirty and put). A
+                    # feature state tells by its flag whether it changed since it was last
+                    # written, so its key stays in the dirty set (_write_dirty skips it): two
+                    # lookups fewer per eviction in a set that between flushes holds every
+                    # entity changed since (millions in a long replay).
+                    if not value.dirty:
+                        continue
+                    value.dirty = False
+                else:
+                    count -= 1
+                    if key in dirty:  # staged inline: this loop is per entity
+                        dirty.remove(key)
+                    else:
+                        continue
+                pending[key] = changes[key] = encode(value)
+                if len(pending) >= batch:
+                    self._write_batch()
+                    pending = self._pending
 
     def _stage(self, key: bytes, raw: bytes | None) -> None:
         self._pending[key] = self._changes[key] = raw
@@ -234,7 +246,7 @@ class CachedStore:
         """Whether some key starting with ``prefix`` may be stored (a buffered delete still
         counts: never a false no). Looks through the cached objects and buffered writes: for
         opening a store, not for the per-event path."""
-        return (any(key.startswith(prefix) for part in (self._young, self._old, self._pending)
+        return (any(key.startswith(prefix) for part in (self._live, self._pending)
                     for key in part)
                 or self.backend.has_prefix(prefix))
 
@@ -253,18 +265,16 @@ class CachedStore:
 
     def _write_dirty(self) -> None:
         """Stage every dirty object's encoded value, recorded as a change for the next flush."""
-        young, old, pending, changes = self._young, self._old, self._pending, self._changes
+        live, pending, changes = self._live, self._pending, self._changes
         encode = self._encode
         # Every commit encodes each entity changed since the last one (three or so per event):
         # a feature state encodes itself, as features.store.encode would ask it to, without
         # the two Python calls in between.
         native = encode is _encode
         for key in self._dirty:
-            value = young.get(key)
-            if value is None:
-                value = old.get(key)
-                if value is None:  # a feature state evicted (and written) since it changed
-                    continue
+            value = live.get(key)
+            if value is None:  # a feature state evicted (and written) since it changed
+                continue
             if type(value) is _State:
                 if not value.dirty:  # written by an eviction since, then read back unchanged
                     continue
@@ -278,8 +288,7 @@ class CachedStore:
     def drop_cache(self) -> None:
         """Flush, then forget every cached object (reads go to the backend again)."""
         self.flush()
-        self._young.clear()
-        self._old.clear()
+        self._live.clear()
 
     # ------------------------------------------------------------------ maintenance
     def expire(self, before_ms: int) -> int:
@@ -311,8 +320,7 @@ class CachedStore:
     def close(self) -> None:
         self.flush()
         self._write_pending()
-        self._young.clear()
-        self._old.clear()
+        self._live.clear()
         self.backend.close()
 
     def __enter__(self) -> "CachedStore":
