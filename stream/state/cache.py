@@ -150,9 +150,13 @@ class CachedStore:
         count = max(len(live) + 1 - self.capacity, self.capacity // 64, 1)
         pending, changes, batch = self._pending, self._changes, self.batch_size
         # Each pass clears the flag of every state it moves to the back, so after at most one
-        # trip round the dict every state met is evictable: the loop ends.
+        # trip round the dict every state met is evictable: the loop ends. A pass looks at up
+        # to four times the count: finding the front of a dict walks over the holes its
+        # earlier pops left (up to one per entry until the dict next resizes), so few passes.
         while count > 0 and live:
-            for key in list(islice(live, count)):
+            for key in list(islice(live, 4 * count)):
+                if count == 0:
+                    break
                 value = live.pop(key)
                 if type(value) is _State:
                     if value.ref:  # used since it was cached or last passed: to the back
