@@ -320,3 +320,65 @@ def test_size_estimates_count_the_writes_still_buffered(backend):
     assert store.size_bytes() == backend.size_bytes() > 0
     store.delete(b"k0")                         # a buffered delete adds nothing
     assert store.entry_count() == backend.entry_count()
+
+
+def _states(n):
+    """``n`` distinct feature states (one event each)."""
+    fs = FeatureSet([Feature("count", entity="user_id", window="1h")])
+    engine = FeatureEngine(fs)
+    for i in range(n):
+        engine.process({"event_id": f"e{i}", "event_time": 1_000 * (i + 1), "user_id": f"u{i}"})
+    return [v for _, v in sorted(engine.store.data.items())]
+
+
+def test_eviction_gives_states_read_since_cached_a_second_chance(backend):
+    # One dict with a reference bit (CLOCK): a hit only sets the state's ``ref`` flag; eviction
+    # takes the front, moving a flagged state to the back (flag cleared) instead of evicting it.
+    store = CachedStore(backend, capacity=3, batch_size=100)
+    a, b, c, d, e = _states(5)
+    for key, st in ((b"a", a), (b"b", b), (b"c", c)):
+        store.put(key, st)
+    assert not a.ref and store.get(b"a") is a and a.ref       # a hit sets the flag
+    store.put(b"d", d)                  # evicts b (a is flagged: to the back)
+    assert not a.ref and list(store._live) == [b"c", b"a", b"d"]
+    assert store.stored(b"b") == b.encode() and not b.dirty   # written as it went
+    store.put(b"e", e)                  # a's second chance is spent: c goes
+    assert list(store._live) == [b"a", b"d", b"e"]
+    store.get(b"d"), store.get(b"e")    # flags on d and e; a is next to go
+    assert store.get(b"c").encode() == c.encode()              # read back: a evicted
+    assert list(store._live) == [b"d", b"e", b"c"] and d.ref and e.ref
+    assert store.hits == 3 and store.misses == 1
+
+
+def test_eviction_ends_when_every_cached_state_is_flagged(backend):
+    store = CachedStore(backend, capacity=4, batch_size=100)
+    states = _states(5)
+    for i, st in enumerate(states[:4]):
+        store.put(b"k%d" % i, st)
+        store.get(b"k%d" % i)
+    assert all(st.ref for st in states[:4])
+    store.put(b"k4", states[4])         # one trip round the dict clears every flag, then evicts
+    assert len(store._live) == 4 and b"k4" in store._live
+    assert sum(store.stored(b"k%d" % i) is not None for i in range(4)) == 1
+
+
+def test_the_object_a_get_returns_is_not_evicted_by_that_get(backend):
+    # Eviction makes room before the object goes in: the engine changes what get returned and
+    # touches its key, which must still find it cached (else the change would be lost).
+    store = CachedStore(backend, capacity=1, batch_size=100)
+    a, b = _states(2)
+    store.put(b"a", a)
+    store.flush()
+    store.put(b"b", b)
+    store.get(b"b")                     # b flagged: a second chance, but only for b
+    got = store.get(b"a")               # evicts b, not the state it returns
+    assert list(store._live) == [b"a"] and store._live[b"a"] is got
+
+
+def test_a_cold_put_replaces_a_cached_object(backend):
+    store = CachedStore(backend, capacity=10, batch_size=100)
+    (a,) = _states(1)
+    store.put(b"k", a)
+    store.put(b"k", [7, "cold"], cache=False)
+    assert b"k" not in store._live and store.get(b"k") == [7, "cold"]
+    assert store.flush()[b"k"] == encode([7, "cold"])
