@@ -9,7 +9,7 @@ Eviction approximates least-recently-used with one dict in insertion order and a
 (CLOCK, or "second chance"): an object read or written goes to the back when it enters the cache; a
 hit on a feature state only sets its ``ref`` flag (no dict is touched, so a hit costs one lookup).
 When the cache is full, objects are evicted from the front; a feature state whose flag is set is
-moved to the back instead, with its flag cleared. Other objects (label-index entries, parked
+moved to the back instead, with its flag cleared, within a bounded look-ahead (see ``_evict``). Other objects (label-index entries, parked
 labels) leave in insertion order. Every miss costs one lookup and one insertion in that dict, and
 a write of an object that is not cached (a label-index entry) one lookup: with millions of cached
 entities each lookup in it is a cache miss of the CPU, so their number per event is what the
@@ -149,17 +149,19 @@ class CachedStore:
         # Evict in chunks of 1/64 of the capacity so eviction cost is amortised.
         count = max(len(live) + 1 - self.capacity, self.capacity // 64, 1)
         pending, changes, batch = self._pending, self._changes, self.batch_size
-        # Each pass clears the flag of every state it moves to the back, so after at most one
-        # trip round the dict every state met is evictable: the loop ends. A pass looks at up
-        # to four times the count: finding the front of a dict walks over the holes its
-        # earlier pops left (up to one per entry until the dict next resizes), so few passes.
+        # The first pass looks at up to four times the count, moving flagged states to the back
+        # (flag cleared); what it leaves to evict, the next pass takes from the front in order,
+        # flagged or not. So one call does bounded work even when nearly every cached state is
+        # flagged (the first time a cache fills, after a long run of hits): a whole trip round
+        # millions of entries would stall the loop for a good part of a second.
+        second_chance = True
         while count > 0 and live:
-            for key in list(islice(live, 4 * count)):
+            for key in list(islice(live, 4 * count if second_chance else count)):
                 if count == 0:
                     break
                 value = live.pop(key)
                 if type(value) is _State:
-                    if value.ref:  # used since it was cached or last passed: to the back
+                    if value.ref and second_chance:  # used since cached or last passed
                         value.ref = False
                         live[key] = value
                         continue
@@ -183,6 +185,7 @@ class CachedStore:
                 if len(pending) >= batch:
                     self._write_batch()
                     pending = self._pending
+            second_chance = False
 
     def _stage(self, key: bytes, raw: bytes | None) -> None:
         self._pending[key] = self._changes[key] = raw

@@ -382,3 +382,22 @@ def test_a_cold_put_replaces_a_cached_object(backend):
     store.put(b"k", [7, "cold"], cache=False)
     assert b"k" not in store._live and store.get(b"k") == [7, "cold"]
     assert store.flush()[b"k"] == encode([7, "cold"])
+
+
+def test_one_eviction_looks_at_a_bounded_number_of_flagged_states(backend):
+    # Every cached state flagged (a cache filling for the first time after a run of hits): one
+    # eviction gives second chances to the first four times its count only, then evicts from the
+    # front in order, instead of walking round the whole cache.
+    n = 200
+    store = CachedStore(backend, capacity=n, batch_size=1000)
+    states = _states(n + 1)
+    for i, st in enumerate(states[:n]):
+        store.put(b"k%03d" % i, st)
+        store.get(b"k%03d" % i)
+    store.put(b"new", states[n])        # count = 3: k000-k011 move back, k012-k014 leave
+    assert len(store._live) == n - 2
+    kept = list(store._live)
+    assert kept[:n - 15] == [b"k%03d" % i for i in range(15, n)]
+    assert kept[n - 15:] == [b"k%03d" % i for i in range(12)] + [b"new"]
+    assert all(store.stored(b"k%03d" % i) is not None for i in (12, 13, 14))
+    assert all(states[i].ref for i in range(15, n)) and not any(states[i].ref for i in range(12))
