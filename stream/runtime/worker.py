@@ -337,6 +337,11 @@ class Worker(Stoppable):
         self._offsets: dict[tuple[str, int], int] = {}
         self._stopper = GracefulStop("finishing the current batch")
         self._calls: _CallThread | None = None   # made on the first transactional call
+        # Offset queries (hand-off barriers, checkpoints) go through a client of their own: the
+        # broker answers one connection's requests in order, so on the main consumer's
+        # connection a query waits behind its long-poll fetch (up to fetch.wait.max.ms, 500 ms
+        # by default) -- half a second per task when a worker shuts down or loses partitions.
+        self._offsets_client: Consumer | None = None
         self._in_txn = False
         # Exactly-once: the commit running on the call thread, and meanwhile the outputs of the
         # next batch, held until that commit returns and the next transaction begins (None when
@@ -507,6 +512,9 @@ class Worker(Stoppable):
             self._calls.stop()
             self._calls = None
         try:
+            if self._offsets_client is not None:
+                self._offsets_client.close()
+                self._offsets_client = None
             self._consumer.close()
         finally:
             self._producer.flush(30)
@@ -1409,6 +1417,16 @@ class Worker(Stoppable):
             self._children[key] = child
         return child
 
+    def _offset_reader(self) -> Consumer:
+        """The client for offset queries: no group membership, nothing fetched, the main
+        consumer's isolation level (read_committed), so it answers as that one would."""
+        if self._offsets_client is None:
+            self._offsets_client = Consumer(self.settings.consumer_config(
+                f"{self.settings.group_id}-offsets",
+                **{"client.id": f"{self.settings.client_id}-{self.instance_id}-offsets",
+                   "logger": _KAFKA_LOG}))
+        return self._offsets_client
+
     def _close_tasks(self, keys: list[tuple[int, int]], checkpoint: bool) -> None:
         for key in keys:
             task = self._tasks.pop(key, None)
@@ -1425,8 +1443,8 @@ class Worker(Stoppable):
                          "no checkpoint, the next owner replays the changelog", task.stage.name,
                          task.partition)
             elif checkpoint:
-                end = _watermarks(self._consumer, TopicPartition(task.stage.changelog_topic,
-                                                                 task.partition))[1]
+                tp = TopicPartition(task.stage.changelog_topic, task.partition)
+                end = _watermarks(self._offset_reader(), tp)[1]
                 write_checkpoint(self._task_dir(task.stage, task.partition)
                                  .with_suffix(".checkpoint"),
                                  task.stage.changelog_topic, task.partition, end)
@@ -1465,7 +1483,7 @@ class Worker(Stoppable):
             if task is None:
                 continue
             tp = TopicPartition(task.stage.input_topic, task.partition)
-            low, task.barrier = _watermarks(self._consumer, tp)
+            low, task.barrier = _watermarks(self._offset_reader(), tp)
             position = self._consumer.position([tp])[0].offset
             if position < 0:  # nothing consumed since the assignment: from the committed offset
                 position = self._committed_offsets([tp])[0].offset

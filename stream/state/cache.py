@@ -9,12 +9,13 @@ Eviction approximates least-recently-used with one dict in insertion order and a
 (CLOCK, or "second chance"): an object read or written goes to the back when it enters the cache; a
 hit on a feature state only sets its ``ref`` flag (no dict is touched, so a hit costs one lookup).
 When the cache is full, objects are evicted from the front; a feature state whose flag is set is
-moved to the back instead, with its flag cleared, within a bounded look-ahead (see ``_evict``). Other objects (label-index entries, parked
-labels) leave in insertion order. Every miss costs one lookup and one insertion in that dict, and
-a write of an object that is not cached (a label-index entry) one lookup: with millions of cached
-entities each lookup in it is a cache miss of the CPU, so their number per event is what the
-cache is designed around. :meth:`CachedStore.flush` returns every key written since the previous
-flush with its encoded value (``None`` for a delete): exactly what a changelog topic needs.
+moved to the back instead, with its flag cleared, within a bounded look-ahead (see ``_evict``).
+Other objects (label-index entries, parked labels) leave in insertion order. Every miss costs one
+lookup and one insertion in that dict, and a write of an object that is not cached (a label-index
+entry) one lookup: with millions of cached entities each lookup in it is a cache miss of the CPU,
+so their number per event is what the cache is designed around. :meth:`CachedStore.flush` returns
+every key written since the previous flush with its encoded value (``None`` for a delete): exactly
+what a changelog topic needs.
 
 Encoded writes wait in a pending buffer (reads see it) until ``batch_size`` of them are there,
 and :meth:`CachedStore.flush` writes the whole buffer to the backend, unless the store keeps a

@@ -1,4 +1,4 @@
-"""Exactly-once under SIGKILL: workers killed at random points, restarted, compared with a reference.
+"""Exactly-once under SIGKILL: a worker killed at random points and restarted, against a reference.
 
 The reference is an uninterrupted in-process run over the same input into its own scores topic.
 The crash run is a real ``fraudstream worker`` process killed with SIGKILL several times and
