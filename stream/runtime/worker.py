@@ -337,11 +337,11 @@ class Worker(Stoppable):
         self._offsets: dict[tuple[str, int], int] = {}
         self._stopper = GracefulStop("finishing the current batch")
         self._calls: _CallThread | None = None   # made on the first transactional call
-        # Offset queries (hand-off barriers, checkpoints) go through a client of their own: the
-        # broker answers one connection's requests in order, so on the main consumer's
-        # connection a query waits behind its long-poll fetch (up to fetch.wait.max.ms, 500 ms
-        # by default) -- half a second per task when a worker shuts down or loses partitions.
-        self._offsets_client: Consumer | None = None
+        # Changelog restores and offset queries (hand-off barriers, checkpoints): see _reader.
+        # On the main consumer's connection a query waited behind its long-poll fetch (the
+        # broker answers one connection's requests in order; fetch.wait.max.ms, 500 ms), half a
+        # second per task when a worker shut down or lost partitions.
+        self._reader_client: Consumer | None = None
         self._in_txn = False
         # Exactly-once: the commit running on the call thread, and meanwhile the outputs of the
         # next batch, held until that commit returns and the next transaction begins (None when
@@ -512,9 +512,9 @@ class Worker(Stoppable):
             self._calls.stop()
             self._calls = None
         try:
-            if self._offsets_client is not None:
-                self._offsets_client.close()
-                self._offsets_client = None
+            if self._reader_client is not None:
+                self._reader_client.close()
+                self._reader_client = None
             self._consumer.close()
         finally:
             self._producer.flush(30)
@@ -1323,22 +1323,11 @@ class Worker(Stoppable):
 
     def _restore_pending(self) -> None:
         pending, self._to_restore = self._to_restore, {}
-        # One reader for every task restored now: a client per task paid its connection and
-        # metadata round trips each time.
-        # fetch.wait.max.ms: at a changelog's end the broker holds a fetch open for up to this
-        # long, and the next task's partition cannot be fetched until it returns.
-        restorer = Consumer(self.settings.consumer_config(
-            f"{self.settings.group_id}-restore",
-            **{"enable.partition.eof": True, "client.id": f"{self.settings.client_id}-restore",
-               "fetch.wait.max.ms": 10, "logger": _KAFKA_LOG}))
-        try:
-            for (stage_index, partition), tp in pending.items():
-                stage = self.topology.stages[stage_index]
-                self._tasks[(stage_index, partition)] = self._open_task(stage, partition,
-                                                                        restorer)
-                self._consumer.resume([tp])
-        finally:
-            restorer.close()
+        restorer = self._reader()
+        for (stage_index, partition), tp in pending.items():
+            stage = self.topology.stages[stage_index]
+            self._tasks[(stage_index, partition)] = self._open_task(stage, partition, restorer)
+            self._consumer.resume([tp])
         if self._handoff:
             self._handoff_after_open(list(pending))
         self._record_assignment()
@@ -1417,15 +1406,20 @@ class Worker(Stoppable):
             self._children[key] = child
         return child
 
-    def _offset_reader(self) -> Consumer:
-        """The client for offset queries: no group membership, nothing fetched, the main
-        consumer's isolation level (read_committed), so it answers as that one would."""
-        if self._offsets_client is None:
-            self._offsets_client = Consumer(self.settings.consumer_config(
-                f"{self.settings.group_id}-offsets",
-                **{"client.id": f"{self.settings.client_id}-{self.instance_id}-offsets",
-                   "logger": _KAFKA_LOG}))
-        return self._offsets_client
+    def _reader(self) -> Consumer:
+        """The worker's second consumer, made on first use and kept: it restores changelogs
+        (assigned a partition at a time, unassigned after) and answers offset queries. It has
+        no group membership and the main consumer's isolation level (read_committed), so its
+        offsets are the ones the main consumer would see; being another connection, its
+        queries never wait behind the main consumer's long-poll fetch.
+        ``fetch.wait.max.ms``: at a changelog's end the broker holds a fetch open for up to
+        this long, and the next task's partition cannot be fetched until it returns."""
+        if self._reader_client is None:
+            self._reader_client = Consumer(self.settings.consumer_config(
+                f"{self.settings.group_id}-restore",
+                **{"enable.partition.eof": True, "fetch.wait.max.ms": 10,
+                   "client.id": f"{self.settings.client_id}-restore", "logger": _KAFKA_LOG}))
+        return self._reader_client
 
     def _close_tasks(self, keys: list[tuple[int, int]], checkpoint: bool) -> None:
         for key in keys:
@@ -1444,7 +1438,7 @@ class Worker(Stoppable):
                          task.partition)
             elif checkpoint:
                 tp = TopicPartition(task.stage.changelog_topic, task.partition)
-                end = _watermarks(self._offset_reader(), tp)[1]
+                end = _watermarks(self._reader(), tp)[1]
                 write_checkpoint(self._task_dir(task.stage, task.partition)
                                  .with_suffix(".checkpoint"),
                                  task.stage.changelog_topic, task.partition, end)
@@ -1483,7 +1477,7 @@ class Worker(Stoppable):
             if task is None:
                 continue
             tp = TopicPartition(task.stage.input_topic, task.partition)
-            low, task.barrier = _watermarks(self._offset_reader(), tp)
+            low, task.barrier = _watermarks(self._reader(), tp)
             position = self._consumer.position([tp])[0].offset
             if position < 0:  # nothing consumed since the assignment: from the committed offset
                 position = self._committed_offsets([tp])[0].offset
