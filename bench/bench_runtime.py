@@ -5,6 +5,11 @@
 
 For each processing guarantee (exactly_once, at_least_once):
 
+* **broker warm-up** (``--broker-warmup``, unmeasured): latency runs at ``--rate`` first, until
+  the broker's JIT compiler threads are nearly idle in one (at most 240 s by default). A broker
+  that has just started spends half a core or more on JIT compilation for a minute or more of
+  this load; a production broker has long done that. Each latency run reports the compiler
+  threads' CPU (``broker_jit``) to show it is over.
 * **throughput** (``--rounds``, skipped with ``--events 0``): a fresh worker (new group, new state)
   is warmed up with 200 events; then N events (the simulator's; default features, the default
   online model) are published at once and the clock runs from the first publish to the last
@@ -164,6 +169,11 @@ def _thread_cpu(pid: int) -> dict[str, float]:
         fields = rest.split()
         out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
     return out
+
+
+def _jit_seconds(pid: int) -> float:
+    """CPU seconds the JVM ``pid`` spent compiling (its C1/C2 compiler threads)."""
+    return sum(v for k, v in _thread_cpu(pid).items() if "CompilerThre" in k)
 
 
 def bench_settings(bootstrap: str, partitions: int, prefix: str = "bench") -> Settings:
@@ -338,7 +348,9 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
             raise RuntimeError(f"{tag}: the load generator did not start")
         here.recv()  # the generator is connected
         cpu0, t0 = _cpu_seconds(worker.pid), time.monotonic()
+        threads0 = _thread_cpu(worker.pid)
         broker0 = _cpu_seconds(BROKER_PID) if BROKER_PID else 0.0
+        jit0 = _jit_seconds(BROKER_PID) if BROKER_PID else 0.0
         reader0 = _own_cpu()
         here.send("go")
         got = 0
@@ -360,8 +372,10 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
             if result is None and here.poll():
                 result = here.recv()
         cpu, span = _cpu_seconds(worker.pid) - cpu0, time.monotonic() - t0
+        worker_threads = {k: v - threads0.get(k, 0.0) for k, v in _thread_cpu(worker.pid).items()}
         reader_cpu = _own_cpu() - reader0
         broker_cpu = _cpu_seconds(BROKER_PID) - broker0 if BROKER_PID else 0.0
+        broker_jit = _jit_seconds(BROKER_PID) - jit0 if BROKER_PID else 0.0
         wall_offset = time.time() - time.monotonic()
         if result is None:
             if not here.poll(120):
@@ -381,9 +395,8 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
             "sent": [t + wall_offset for t in sent],
             "received": [r + wall_offset if r else 0.0 for r in received],
             "produced_ms": produced}))
-    # The statistics leave out the events sent in the first ``warmup_s``: every run starts a
-    # fresh broker, whose JVM compiles its transaction and fetch paths during the first seconds
-    # of load (the worst latencies of a run were there, at any rate; see "all_p99_ms").
+    # The statistics leave out the events sent in the first ``warmup_s``: a fresh worker's first
+    # seconds (the worst latencies of a run were there, at any rate; see "all_p99_ms").
     skip = int(warmup_s * rate)
     everything = sorted(r - t for r, t in zip(received, sent) if r)
     lat = sorted(r - t for r, t in zip(received[skip:], sent[skip:]) if r)
@@ -411,9 +424,34 @@ def latency(base: Settings, events: list[dict], guarantee: str, tag: str, rate: 
             # Every process's CPU over the same span, in cores: on 2 shared cores what the
             # broker, the generator and this reader use is not the worker's.
             "cores": {"worker": cpu / span, "broker": broker_cpu / span,
-                      "generator": gen_cpu / span, "reader": reader_cpu / span},
+                      "generator": gen_cpu / span, "reader": reader_cpu / span,
+                      "broker_jit": broker_jit / span},
             "generator_cpu_s_by_thread": gen_threads,
+            "worker_cpu_s_by_thread": worker_threads,
             "worst_ms_per_250ms": [timeline.get(i, 0.0) for i in range(max(timeline) + 1)]}
+
+
+#: Broker warm-up: runs of this many seconds, until one's JIT compiling is below this many cores.
+WARM_CHUNK_S = 20.0
+WARM_JIT_CORES = 0.05
+
+
+def warm_up_broker(base: Settings, events: list[dict], guarantee: str, rate: float,
+                   budget_s: float, work: Path) -> None:
+    """Unmeasured latency runs until the broker's JVM has compiled its hot paths.
+
+    A fresh broker's JIT compiler threads take 0.3-0.6 of a core under this load for a minute
+    or more (longer on a busy machine), CPU a broker that has been up for a while does not
+    spend; on two cores it is taken from the worker and the broker's own request threads."""
+    spent, i = 0.0, 0
+    while events and spent < budget_s:
+        run = latency(base, events, guarantee, f"{guarantee}-brokerwarm{i}", rate, work)
+        spent, i = spent + len(events) / rate, i + 1
+        jit = run["cores"]["broker_jit"]
+        print(f"{guarantee} broker warm-up {i}: broker {run['cores']['broker']:.2f} cores, "
+              f"its JIT {jit:.2f}", file=sys.stderr, flush=True)
+        if jit < WARM_JIT_CORES:
+            break
 
 
 def _median_latency(rounds: list[dict]) -> dict:
@@ -437,6 +475,12 @@ def main() -> None:
     ap.add_argument("--latency-warmup", type=float, default=2.0, metavar="SECONDS",
                     help="leave the events sent in the first SECONDS of each latency run out of "
                          "its statistics (a fresh broker warming up); all_p99_ms has them")
+    ap.add_argument("--broker-warmup", type=float, default=240.0, metavar="SECONDS",
+                    help="before each guarantee's measured runs, unmeasured latency runs of "
+                         f"{WARM_CHUNK_S:g} s at --rate until the broker's JIT compiler threads "
+                         f"use under {WARM_JIT_CORES} cores in one, or for at most SECONDS: the "
+                         "broker's JVM then runs compiled code, as a long-running broker's does "
+                         "(0: measure a cold broker, as before 2026-11-29)")
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--guarantees", default="exactly_once,at_least_once")
     ap.add_argument("--profile", type=Path, default=None,
@@ -468,6 +512,9 @@ def main() -> None:
     global PROFILE_DIR, PROBE_DIR, WORKER_ROOT, WORKER_PYTHON, BROKER_PID, GENERATOR_LINGER_MS
     global WORKER_CPU
     GENERATOR_LINGER_MS = args.generator_linger
+    if args.paced and args.paced <= args.latency_warmup * args.rate:
+        ap.error(f"--paced {args.paced}: every event would fall in the first "
+                 f"{args.latency_warmup:g} s left out (--latency-warmup) at --rate {args.rate:g}")
     if args.pin_worker is not None:
         others = os.sched_getaffinity(0) - {args.pin_worker}
         if args.pin_worker not in os.sched_getaffinity(0) or not others:
@@ -503,7 +550,9 @@ def main() -> None:
         events = bench_events(args.events + args.paced)
         bulk, paced = events[:args.events], events[args.events:]
         results: dict[str, dict] = {}
+        warm_events = bench_events(int(min(WARM_CHUNK_S, args.broker_warmup) * args.rate))
         for guarantee in args.guarantees.split(","):
+            warm_up_broker(base, warm_events, guarantee, args.rate, args.broker_warmup, work)
             runs = ([throughput(base, bulk, guarantee, f"{guarantee}-{r}", work)
                      for r in range(args.rounds)] if args.events else [])
             lats = [latency(base, paced, guarantee, f"{guarantee}-lat{r}", args.rate, work,
@@ -536,6 +585,7 @@ def main() -> None:
     print(f"{args.events:,} events, {args.partitions} partitions, default features and model; "
           f"latency at {args.rate:.0f} events/s offered, {args.paced:,} events, "
           f"{args.latency_rounds} run(s), the first {args.latency_warmup:g} s of each left out, "
+          f"broker warmed up to {args.broker_warmup:g} s per guarantee, "
           f"generator linger.ms={GENERATOR_LINGER_MS}"
           + (f"; worker pinned to CPU {WORKER_CPU}, the rest on "
              f"{sorted(os.sched_getaffinity(0))}" if WORKER_CPU is not None else "")
@@ -562,7 +612,10 @@ def main() -> None:
                   "cores: " + ", ".join(f"{k} {v:.2f}" for k, v in run["cores"].items())
                   + "; generator CPU-s by thread: " + ", ".join(
                       f"{k} {v:.2f}" for k, v in sorted(run["generator_cpu_s_by_thread"].items(),
-                                                      key=lambda kv: -kv[1]) if v))
+                                                      key=lambda kv: -kv[1]) if v)
+                  + "; worker CPU-s by thread: " + ", ".join(
+                      f"{k} {v:.2f}" for k, v in sorted(run["worker_cpu_s_by_thread"].items(),
+                                                      key=lambda kv: -kv[1]) if v >= 0.01))
     # The worker's CPU by thread kind (librdkafka and RocksDB threads are invisible to py-spy).
     for g, r in results.items():
         for i, run in enumerate(r["rounds"]):
