@@ -550,7 +550,8 @@ def main() -> None:
         events = bench_events(args.events + args.paced)
         bulk, paced = events[:args.events], events[args.events:]
         results: dict[str, dict] = {}
-        warm_events = bench_events(int(min(WARM_CHUNK_S, args.broker_warmup) * args.rate))
+        warm_n = int(min(WARM_CHUNK_S, args.broker_warmup) * args.rate)
+        warm_events = bench_events(warm_n) if warm_n > 0 else []
         for guarantee in args.guarantees.split(","):
             warm_up_broker(base, warm_events, guarantee, args.rate, args.broker_warmup, work)
             runs = ([throughput(base, bulk, guarantee, f"{guarantee}-{r}", work)
