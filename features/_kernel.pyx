@@ -121,11 +121,21 @@ def sampled(value, int level) -> bool:
 
 
 # ---------------------------------------------------------------------- small sets and maps
-# A bucket's distinct values: an unsorted array of hashes (small; linear search).
+# A bucket's distinct values: an unsorted array of hashes (small; linear search). ``cap``'s top
+# bit (``BORROWED``) marks an array inside its state's arena (see ``State``): never freed nor
+# reallocated on its own; growing it moves it to a block of its own.
 ctypedef struct HSet:
     uint32_t n
     uint32_t cap
     uint64_t* a
+
+cdef extern from *:
+    """
+    #define FS_HSET_BORROWED 0x80000000u
+    #define FS_HSET_CAPMASK 0x7fffffffu
+    """
+    const uint32_t BORROWED "FS_HSET_BORROWED"
+    const uint32_t CAPMASK "FS_HSET_CAPMASK"
 
 
 cdef inline bint _hs_has(HSet* s, uint64_t h) noexcept nogil:
@@ -137,11 +147,16 @@ cdef inline bint _hs_has(HSet* s, uint64_t h) noexcept nogil:
 
 
 cdef int _hs_add(HSet* s, uint64_t h) except -1:
-    cdef uint32_t cap
+    cdef uint32_t cap, held = s.cap & CAPMASK
     cdef uint64_t* a
-    if s.n == s.cap:
-        cap = s.cap * 2 if s.cap else 4
-        a = <uint64_t*>realloc(s.a, cap * sizeof(uint64_t))
+    if s.n == held:
+        cap = held * 2 if held else 4
+        if s.cap & BORROWED:
+            a = <uint64_t*>malloc(cap * sizeof(uint64_t))
+            if a != NULL and s.n:
+                memcpy(a, s.a, s.n * sizeof(uint64_t))
+        else:
+            a = <uint64_t*>realloc(s.a, cap * sizeof(uint64_t))
         if a == NULL:
             PyErr_NoMemory()
             return -1
@@ -152,7 +167,8 @@ cdef int _hs_add(HSet* s, uint64_t h) except -1:
 
 
 cdef inline void _hs_free(HSet* s) noexcept nogil:
-    free(s.a)
+    if not (s.cap & BORROWED):
+        free(s.a)
     s.a = NULL
     s.n = s.cap = 0
 
@@ -163,6 +179,7 @@ cdef inline void _hs_free(HSet* s) noexcept nogil:
 ctypedef struct HMap:
     uint32_t n
     uint32_t cap
+    uint32_t borrowed     # keys and vals inside the state's arena: not freed on their own
     uint64_t* keys
     uint32_t* vals
 
@@ -193,7 +210,9 @@ cdef int _hm_resize(HMap* m, uint32_t cap) except -1:
             j = _hm_slot(m, oldk[i])
             m.keys[j] = oldk[i]
             m.vals[j] = oldv[i]
-    free(oldk)
+    if not m.borrowed:
+        free(oldk)
+    m.borrowed = 0
     return 0
 
 
@@ -267,10 +286,11 @@ cdef inline void _hm_clear(HMap* m) noexcept nogil:
 
 
 cdef inline void _hm_free(HMap* m) noexcept nogil:
-    free(m.keys)          # vals live in the same block
+    if not m.borrowed:
+        free(m.keys)      # vals live in the same block
     m.keys = NULL
     m.vals = NULL
-    m.n = m.cap = 0
+    m.n = m.cap = m.borrowed = 0
 
 
 # ---------------------------------------------------------------------- rings
@@ -282,6 +302,7 @@ ctypedef struct Ring:
     int32_t nv            # numeric fields
     int32_t nd            # distinct fields
     int32_t lifetime
+    int32_t flags         # RUN_BORROWED, BUCKETS_BORROWED: those blocks are in the state's arena
     # The buckets: one block of capb entries, indexes then slots then distinct sets.
     int64_t* bidx         # nb bucket indexes, ascending (the block's start)
     double* bs            # nb * width slots
@@ -313,25 +334,48 @@ cdef inline void _zero_slots(double* row, int nv) noexcept nogil:
         row[o + 4] = -INFINITY
 
 
-cdef int _ring_init(Ring* r, int nv, int nd, bint lifetime) except -1:
+DEF RUN_BORROWED = 1
+DEF BUCKETS_BORROWED = 2
+
+
+cdef inline size_t _round8(size_t n) noexcept nogil:
+    return (n + 7) & ~(<size_t>7)
+
+
+cdef inline size_t _fixed_bytes(int nv, int nd) noexcept nogil:
+    """Bytes of a ring's fixed part: running total, maps, levels (rounded up to 8)."""
+    return _round8((HEAD + VW * nv) * sizeof(double) + nd * sizeof(HMap) + (nd or 1))
+
+
+cdef inline size_t _bucket_bytes(int nv, int nd) noexcept nogil:
+    return sizeof(int64_t) + (HEAD + VW * nv) * sizeof(double) + nd * sizeof(HSet)
+
+
+cdef void _ring_setup(Ring* r, int nv, int nd, bint lifetime, char* mem) noexcept nogil:
+    """Initialise an empty ring whose fixed part is ``mem`` (``_fixed_bytes`` long)."""
     cdef size_t run_bytes, map_bytes
-    cdef char* mem
     memset(r, 0, sizeof(Ring))
     r.head = -1
     r.nv, r.nd, r.lifetime = nv, nd, lifetime
     r.width = HEAD + VW * nv
     run_bytes = r.width * sizeof(double)
     map_bytes = nd * sizeof(HMap)
-    mem = <char*>malloc(run_bytes + map_bytes + (nd or 1))
-    if mem == NULL:
-        PyErr_NoMemory()
-        return -1
     r.run = <double*>mem
     r.rmap = <HMap*>(mem + run_bytes)
     r.levels = <uint8_t*>(mem + run_bytes + map_bytes)
     _zero_slots(r.run, nv)
     memset(r.rmap, 0, map_bytes + (nd or 1))
-    return 0
+
+
+cdef void _ring_place(Ring* r, char* mem, int32_t capb) noexcept nogil:
+    """Give an empty ring room for ``capb`` buckets at ``mem`` (``capb * _bucket_bytes``), in
+    its state's arena."""
+    r.bidx = <int64_t*>mem
+    r.bs = <double*>(mem + <size_t>capb * sizeof(int64_t))
+    r.bset = (<HSet*>(mem + <size_t>capb * (sizeof(int64_t) + r.width * sizeof(double)))
+              if r.nd else NULL)
+    r.capb = capb
+    r.flags |= BUCKETS_BORROWED
 
 
 cdef void _ring_free(Ring* r) noexcept nogil:
@@ -340,8 +384,10 @@ cdef void _ring_free(Ring* r) noexcept nogil:
         _hs_free(&r.bset[i])
     for k in range(r.nd):
         _hm_free(&r.rmap[k])
-    free(r.bidx)          # with bs and bset
-    free(r.run)           # with rmap and levels
+    if not (r.flags & BUCKETS_BORROWED):
+        free(r.bidx)      # with bs and bset
+    if not (r.flags & RUN_BORROWED):
+        free(r.run)       # with rmap and levels
     memset(r, 0, sizeof(Ring))
 
 
@@ -366,7 +412,10 @@ cdef int _ring_reserve(Ring* r, int32_t want) except -1:
         memcpy(mem + idx_bytes, r.bs, <size_t>r.nb * r.width * sizeof(double))
         if r.nd:
             memcpy(mem + idx_bytes + slot_bytes, r.bset, <size_t>r.nb * r.nd * sizeof(HSet))
-    free(r.bidx)
+    if r.flags & BUCKETS_BORROWED:
+        r.flags &= ~BUCKETS_BORROWED
+    else:
+        free(r.bidx)
     r.bidx = <int64_t*>mem
     r.bs = <double*>(mem + idx_bytes)
     r.bset = <HSet*>(mem + idx_bytes + slot_bytes) if r.nd else NULL
@@ -888,14 +937,24 @@ cdef class State:
     cdef public bint ref
     cdef Ring* rings
     cdef int nr
+    # One block holding the rings and, as a state was made or decoded, their running totals,
+    # buckets, distinct sets and maps (NULL: none, the rings are a block of their own). A part
+    # that grows moves to a block of its own (its ``BORROWED`` flag cleared); the rest stays.
+    # Decoding, making and freeing a state thus costs one ``malloc`` or ``free`` instead of one
+    # per ring, map and distinct set, and a fold reads one contiguous stretch of memory.
+    cdef char* arena
 
     def __dealloc__(self):
         cdef int i
         if self.rings != NULL:
             for i in range(self.nr):
                 _ring_free(&self.rings[i])
-            free(self.rings)
+            if self.arena != NULL:
+                free(self.arena)   # the rings are its start
+            else:
+                free(self.rings)
             self.rings = NULL
+            self.arena = NULL
 
     def __getitem__(self, int i):
         # ``state[0]`` is the entity's latest event time, as for every value in a state store.
@@ -1024,6 +1083,79 @@ cdef class _Reader:
         return x
 
 
+cdef inline int32_t _decoded_capb(uint32_t nb, int lifetime) noexcept nogil:
+    """Buckets a decoded ring has room for: its own and at least one more (a power of two from
+    4, as ``_ring_reserve`` grows them), none for a lifetime ring without buckets."""
+    cdef int32_t capb = 4
+    if nb == 0 and lifetime:
+        return 0
+    while <uint32_t>capb < nb + 1:
+        capb *= 2
+    return capb
+
+
+cdef inline uint32_t _decoded_mapcap(uint32_t cnt) noexcept nogil:
+    """Slots of a decoded map of ``cnt`` entries (load <= 1/2, as ``_hm_incr`` keeps it)."""
+    cdef uint64_t cap = 8
+    while cap < 2 * <uint64_t>cnt:
+        cap *= 2
+    return <uint32_t>cap
+
+
+cdef Py_ssize_t _arena_bytes(const char* p, const char* end) except -1:
+    """Bytes of the arena :func:`decode_state` carves the state encoded in ``[p, end)`` into
+    (it reads the counts only; every length is checked against the bytes left)."""
+    cdef Py_ssize_t size, need
+    cdef uint32_t nb, cnt, lastn
+    cdef int nr, i, k, nv, nd, lt, width
+    cdef uint64_t p_, total
+    if end - p < 14:
+        raise ValueError("truncated feature state")
+    nr = <uint8_t>p[9]
+    memcpy(&lastn, p + 10, 4)
+    p += 14
+    if <uint64_t>(end - p) < lastn:
+        raise ValueError("truncated feature state")
+    p += lastn
+    total = _round8(<size_t>(nr or 1) * sizeof(Ring))
+    for i in range(nr):
+        if end - p < 16:
+            raise ValueError("truncated feature state")
+        lt, nv, nd = <uint8_t>p[0], <uint8_t>p[1], <uint8_t>p[2]
+        width = HEAD + VW * nv
+        memcpy(&nb, p + 12, 4)
+        p += 16
+        need = nd + <Py_ssize_t>width * 8
+        if end - p < need:
+            raise ValueError("truncated feature state")
+        p += need
+        total += _fixed_bytes(nv, nd)
+        for k in range(nd):
+            if end - p < 4:
+                raise ValueError("truncated feature state")
+            memcpy(&cnt, p, 4)
+            p += 4
+            if <uint64_t>(end - p) < <uint64_t>cnt * 12:
+                raise ValueError("truncated feature state")
+            p += <Py_ssize_t>cnt * 12
+            if cnt:
+                total += _round8(<size_t>_decoded_mapcap(cnt) * (sizeof(uint64_t) + sizeof(uint32_t)))
+        if <uint64_t>(end - p) < <uint64_t>nb * (8 + <uint64_t>width * 8):
+            raise ValueError("truncated feature state")
+        p += <Py_ssize_t>nb * (8 + width * 8)
+        total += <uint64_t>_decoded_capb(nb, lt) * _bucket_bytes(nv, nd)
+        for p_ in range(<uint64_t>nb * nd):
+            if end - p < 4:
+                raise ValueError("truncated feature state")
+            memcpy(&cnt, p, 4)
+            p += 4
+            if <uint64_t>(end - p) < <uint64_t>cnt * 8:
+                raise ValueError("truncated feature state")
+            p += <Py_ssize_t>cnt * 8
+            total += <uint64_t>cnt * 8
+    return <Py_ssize_t>total
+
+
 def decode_state(data) -> State:
     """Inverse of :meth:`State.encode` (``data``: bytes or a buffer)."""
     cdef const unsigned char[:] view
@@ -1051,6 +1183,9 @@ def decode_state(data) -> State:
     cdef uint64_t key, cap
     cdef uint32_t val
     cdef const char* q2
+    cdef Py_ssize_t arena_size = _arena_bytes(start, start + n)
+    cdef char* bump
+    cdef int32_t capb
     # Every length read from the data is checked against the bytes left (take) before anything
     # is allocated or copied: corrupt input is a ValueError, never a bad read or write.
     for j in range(8):
@@ -1065,15 +1200,19 @@ def decode_state(data) -> State:
             raise ValueError(f"corrupt last values: {exc}") from None
     else:
         st.last = None
-    st.rings = <Ring*>malloc((st.nr or 1) * sizeof(Ring))
-    if st.rings == NULL:
+    st.arena = <char*>malloc(arena_size)
+    if st.arena == NULL:
         raise MemoryError()
+    st.rings = <Ring*>st.arena
     memset(st.rings, 0, (st.nr or 1) * sizeof(Ring))
+    bump = st.arena + _round8(<size_t>(st.nr or 1) * sizeof(Ring))
     for i in range(st.nr):
         q = rd.take(4)
         lt, nv, nd = <uint8_t>q[0], <uint8_t>q[1], <uint8_t>q[2]
         r = &st.rings[i]
-        _ring_init(r, nv, nd, lt)
+        _ring_setup(r, nv, nd, lt, bump)
+        r.flags = RUN_BORROWED
+        bump += _fixed_bytes(nv, nd)
         memcpy(&r.head, rd.take(8), 8)
         nb = rd.u32()
         if nd:
@@ -1082,11 +1221,14 @@ def decode_state(data) -> State:
         for k in range(nd):
             cnt = rd.u32()
             q = rd.take(<Py_ssize_t>cnt * 12)
-            if cnt:  # sized once (load <= 1/2), not grown entry by entry
-                cap = 8
-                while cap < 2 * <uint64_t>cnt:
-                    cap *= 2
-                _hm_resize(&r.rmap[k], <uint32_t>cap)
+            if cnt:  # sized once (load <= 1/2), not grown entry by entry, in the arena
+                cap = _decoded_mapcap(cnt)
+                r.rmap[k].keys = <uint64_t*>bump
+                r.rmap[k].vals = <uint32_t*>(bump + cap * sizeof(uint64_t))
+                r.rmap[k].cap = <uint32_t>cap
+                r.rmap[k].borrowed = 1
+                memset(bump, 0, cap * sizeof(uint64_t))
+                bump += _round8(cap * (sizeof(uint64_t) + sizeof(uint32_t)))
             for e in range(cnt):
                 memcpy(&key, q + <Py_ssize_t>12 * e, 8)
                 memcpy(&val, q + <Py_ssize_t>12 * e + 8, 4)
@@ -1096,7 +1238,10 @@ def decode_state(data) -> State:
                 r.rmap[k].vals[_hm_slot(&r.rmap[k], key)] = val
         q = rd.take(<Py_ssize_t>nb * 8)
         q2 = rd.take(<Py_ssize_t>nb * r.width * 8)
-        _ring_reserve(r, <int32_t>nb)
+        capb = _decoded_capb(nb, lt)
+        if capb:
+            _ring_place(r, bump, capb)
+            bump += <size_t>capb * _bucket_bytes(nv, nd)
         if nb:
             memcpy(r.bidx, q, nb * 8)
             memcpy(r.bs, q2, <Py_ssize_t>nb * r.width * 8)
@@ -1109,14 +1254,16 @@ def decode_state(data) -> State:
         for p in range(<int32_t>(nb * nd)):
             cnt = rd.u32()
             q = rd.take(<Py_ssize_t>cnt * 8)
-            if cnt:  # one allocation of the exact size
-                r.bset[p].a = <uint64_t*>malloc(<size_t>cnt * 8)
-                if r.bset[p].a == NULL:
-                    raise MemoryError()
-                memcpy(r.bset[p].a, q, <size_t>cnt * 8)
-                r.bset[p].n = r.bset[p].cap = cnt
+            if cnt:  # in the arena, of the exact size
+                r.bset[p].a = <uint64_t*>bump
+                memcpy(bump, q, <size_t>cnt * 8)
+                bump += <size_t>cnt * 8
+                r.bset[p].n = cnt
+                r.bset[p].cap = cnt | BORROWED
     if rd.p != rd.end:
         raise ValueError("trailing bytes after feature state")
+    if bump != st.arena + arena_size:  # a bug, not bad input: the two passes disagree
+        raise SystemError("feature state arena size mismatch")
     return st
 
 
@@ -1140,6 +1287,7 @@ cdef class GroupKernel:
     cdef int[:] prev_idx
     cdef list label_rings
     cdef object _prev
+    cdef size_t arena_bytes       # of a new state (see new_state)
 
     def __init__(self, rings: list, last_fields: list, prev_readers: list, types, int capacity,
                  int64_t grace_ms, label_rings: list):
@@ -1189,21 +1337,37 @@ cdef class GroupKernel:
         self._prev = array.array("i", [i for _, i in prev_readers] or [0])
         self.prev_idx = self._prev
         self.label_rings = list(label_rings)
+        self.arena_bytes = _round8(<size_t>(self.nr or 1) * sizeof(Ring))
+        for sp in self.specs:
+            self.arena_bytes += _fixed_bytes(sp.nv, sp.nd)
+            if not sp.lifetime:
+                self.arena_bytes += 4 * _bucket_bytes(sp.nv, sp.nd)
 
     def new_state(self) -> State:
         cdef State st = State.__new__(State)
         cdef _Spec sp
         cdef int i
+        cdef char* bump
+        cdef Ring* r
         st.t = -1
         st.last = [None] * len(self.last_fields) if self.last_fields else None
-        st.rings = <Ring*>malloc((self.nr or 1) * sizeof(Ring))
-        if st.rings == NULL:
+        # One block: the rings, their fixed parts and room for 4 buckets each (windowed rings).
+        st.arena = <char*>malloc(self.arena_bytes)
+        if st.arena == NULL:
             raise MemoryError()
+        st.rings = <Ring*>st.arena
         memset(st.rings, 0, (self.nr or 1) * sizeof(Ring))
         st.nr = self.nr
+        bump = st.arena + _round8(<size_t>(self.nr or 1) * sizeof(Ring))
         for i in range(self.nr):
             sp = self.specs[i]
-            _ring_init(&st.rings[i], sp.nv, sp.nd, sp.lifetime)
+            r = &st.rings[i]
+            _ring_setup(r, sp.nv, sp.nd, sp.lifetime, bump)
+            r.flags = RUN_BORROWED
+            bump += _fixed_bytes(sp.nv, sp.nd)
+            if not sp.lifetime:
+                _ring_place(r, bump, 4)
+                bump += 4 * _bucket_bytes(sp.nv, sp.nd)
         return st
 
     cdef int _step(self, State st, dict vals, int64_t t, dict out) except -1:

@@ -178,6 +178,11 @@ class FeatureEngine:
                                     for name in (*g.entity, *(f for ring in g.rings
                                                               for f in ring[4]))}))
         self._labels = any(g.label_rings for g in self._groups)
+        # A store may take an already-encoded value without the generic put (see
+        # ``stream.state.CachedStore.put_encoded``).
+        put_encoded = getattr(self.store, "put_encoded", None)
+        self._put_index = put_encoded if put_encoded is not None else (
+            lambda key, raw: self.store.put(key, raw, cache=False))
 
     # ------------------------------------------------------------------ events
     def process(self, event: Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -203,7 +208,7 @@ class FeatureEngine:
         if loop.late:
             self.stats.late += 1
         if entry is not None:  # (key, encoded value): stored as it is
-            self.store.put(entry[0], entry[1], cache=False)
+            self._put_index(entry[0], entry[1])
         return out
 
     def _extract(self, event: Any) -> dict[str, Any]:

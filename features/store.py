@@ -59,6 +59,8 @@ class StateStore(Protocol):
     # per change of a state since the store last wrote it: it sets the state's ``dirty`` flag
     # and touches only a clean state, so a store with ``touch`` must clear the flag
     # (``state.dirty = False``) whenever it encodes the state for a write.
+    # Optional: ``put_encoded(key, raw)``, the same as ``put(key, raw, cache=False)`` for bytes
+    # that are their own encoding (the label-index entry the engine writes with every event).
 
 
 class DictStore:

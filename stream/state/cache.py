@@ -76,7 +76,12 @@ class CachedStore:
         self.keep = keep
         self._encode, self._decode = encode, decode
         self._live: dict[bytes, Any] = {}     # cached objects, in eviction order
-        self._dirty: set[bytes] = set()
+        self._dirty: set[bytes] = set()       # keys of changed objects other than feature states
+        # Keys of feature states changed since the last flush, in order, appended when a
+        # state's ``dirty`` flag goes up (a key may appear more than once: its state written by
+        # an eviction, read back and changed again). A list, not a set: an append touches no
+        # table of millions of keys, and the flag says whether the state still needs writing.
+        self._touched: list[bytes] = []
         self._pending: dict[bytes, bytes | None] = {}   # encoded, not yet in the backend
         self._changes: dict[bytes, bytes | None] = {}   # written since the last flush()
         self.hits = 0
@@ -111,9 +116,12 @@ class CachedStore:
             if len(live) >= self.capacity:
                 self._evict()
             live[key] = value
-            self._dirty.add(key)
             if type(value) is _State:
-                value.dirty = True   # evictions go by the flag (see _evict)
+                if not value.dirty:  # evictions and flushes go by the flag (see _evict)
+                    value.dirty = True
+                    self._touched.append(key)
+            else:
+                self._dirty.add(key)
         else:
             # The engine's label index takes this path once per event, for a key that is
             # almost never cached: one lookup. A key left in the dirty set without its object
@@ -127,14 +135,25 @@ class CachedStore:
             if len(pending) >= self.batch_size:
                 self._write_batch()
 
+    def put_encoded(self, key: bytes, raw: bytes) -> None:
+        """``put(key, raw, cache=False)`` for a value that is its own encoding (a label-index
+        entry, ``features.store.encode`` of it is ``raw``): the engine writes one per event."""
+        if self._live.pop(key, None) is not None:
+            self._dirty.discard(key)
+        pending = self._pending
+        pending[key] = self._changes[key] = raw
+        if len(pending) >= self.batch_size:
+            self._write_batch()
+
     def touch(self, key: bytes) -> None:
-        """The object :meth:`get` just returned for ``key`` was changed in place: mark it dirty
-        (a :meth:`put` of the same object, without looking it up again).
+        """The feature state :meth:`get` just returned for ``key`` was changed in place: mark it
+        dirty (a :meth:`put` of the same object, without looking it up again).
 
         The engine touches a feature state only while its ``dirty`` flag is clear and sets the
         flag; the store clears it whenever it encodes the state for a write (eviction, flush).
+        Other objects go through :meth:`put`.
         """
-        self._dirty.add(key)
+        self._touched.append(key)
 
     def delete(self, key: bytes) -> None:
         self._live.pop(key, None)
@@ -170,9 +189,7 @@ class CachedStore:
                     # Encoding clears a feature state's dirty flag: the engine touches it (once)
                     # again when it next changes it (the same in _write_dirty and put). A
                     # feature state tells by its flag whether it changed since it was last
-                    # written, so its key stays in the dirty set (_write_dirty skips it): two
-                    # lookups fewer per eviction in a set that between flushes holds every
-                    # entity changed since (millions in a long replay).
+                    # written, so its key stays in the touched list (_write_dirty skips it).
                     if not value.dirty:
                         continue
                     value.dirty = False
@@ -279,12 +296,20 @@ class CachedStore:
         # a feature state encodes itself, as features.store.encode would ask it to, without
         # the two Python calls in between.
         native = encode is _encode
+        for key in self._touched:
+            value = live.get(key)
+            # Not cached: evicted (and written) since it changed; clean: written by an
+            # eviction since, then read back unchanged, or listed twice.
+            if type(value) is _State and value.dirty:
+                value.dirty = False
+                pending[key] = changes[key] = value.encode() if native else encode(value)
+        self._touched.clear()
         for key in self._dirty:
             value = live.get(key)
-            if value is None:  # a feature state evicted (and written) since it changed
+            if value is None:  # evicted (and written) since it changed
                 continue
             if type(value) is _State:
-                if not value.dirty:  # written by an eviction since, then read back unchanged
+                if not value.dirty:  # replaced by a feature state, written above
                     continue
                 value.dirty = False
                 raw = value.encode() if native else encode(value)
