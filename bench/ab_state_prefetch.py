@@ -3,7 +3,8 @@
 Builds the state of ``bench/bench_features.py`` (same warm-up and measured events, RocksDB
 behind the write-back cache), then processes the measured events in chunks whose prefetch level
 alternates A B B A (``_set_prefetch``: 0 off, 1 the rings' first blocks, 2 also the distinct sets
-and maps): both levels share the cache, the RocksDB and the machine's noise. Prints main-thread
+and maps, 3 also the state's arena, its first ``BYTES`` when a level is given as ``3:BYTES``):
+both levels share the cache, the RocksDB and the machine's noise. Prints main-thread
 CPU us/event per level (median over its chunks) and the median of the paired differences.
 
     .venv/bin/python bench/ab_state_prefetch.py --users 200000 --merchants 20000 --events 200000 \
@@ -37,10 +38,11 @@ def main() -> None:
     ap.add_argument("--events", type=int, default=200_000, help="measured events")
     ap.add_argument("--cache-entries", type=int, default=500_000)
     ap.add_argument("--chunk", type=int, default=2_000)
-    ap.add_argument("--levels", default="0,2", help="two prefetch levels to alternate")
+    ap.add_argument("--levels", default="2,3",
+                    help="two prefetch levels to alternate (LEVEL or 3:ARENA_BYTES)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args()
-    a, b = (int(x) for x in args.levels.split(","))
+    a, b = args.levels.split(",")
     rng = random.Random(args.seed)
     tmp = tempfile.mkdtemp(prefix="fs-ab-")
     store = open_store("rocksdb", str(Path(tmp) / "state"), cache_entries=args.cache_entries)
@@ -57,12 +59,12 @@ def main() -> None:
         gc.collect()
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
-        times: dict[int, list[float]] = {a: [], b: []}
+        times: dict[str, list[float]] = {a: [], b: []}
         measured = events[split:]
         for i, k in enumerate(range(0, len(measured), args.chunk)):
             level = (a, b, b, a)[i % 4]
             part = measured[k:k + args.chunk]
-            _kernel._set_prefetch(level)
+            _kernel._set_prefetch(*(int(x) for x in level.split(":")))
             c0 = time.thread_time()
             for e in part:
                 engine.process(e)
@@ -73,7 +75,7 @@ def main() -> None:
         diffs = [y - x for x, y in zip(times[a], times[b])]
         print(f"paired median, level {b} - level {a}: {statistics.median(diffs):+.2f} us/event")
     finally:
-        _kernel._set_prefetch(2)
+        _kernel._set_prefetch(3)
         store.close()
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -877,14 +877,28 @@ cdef int _fold_label(_Spec sp, Ring* r, int64_t event_t, int64_t max_t, double l
     return 0
 
 
-cdef int _PREFETCH = 2
+cdef int _PREFETCH = 3
+cdef size_t _PREFETCH_BYTES = 1024
 
 
-def _set_prefetch(int level) -> None:
-    """Set how deep :func:`_prefetch` reaches (0: off), for paired measurements in one
-    process."""
-    global _PREFETCH
+def _set_prefetch(int level, size_t arena_bytes=1024) -> None:
+    """Set how deep :func:`_prefetch` reaches (0: off; 3: also the first ``arena_bytes`` of a
+    state's arena), for paired measurements in one process."""
+    global _PREFETCH, _PREFETCH_BYTES
     _PREFETCH = level
+    _PREFETCH_BYTES = arena_bytes
+
+
+cdef inline void _prefetch_block(const char* p, size_t n) noexcept nogil:
+    """Ask for the first ``n`` bytes at ``p`` (at most ``_PREFETCH_BYTES``), a cache line at a
+    time."""
+    cdef size_t off
+    if p == NULL:
+        return
+    if n > _PREFETCH_BYTES:
+        n = _PREFETCH_BYTES
+    for off in range(0, n, 64):
+        __builtin_prefetch(p + off)
 
 
 cdef inline void _prefetch(Ring* rings, int nr, int level) noexcept nogil:
@@ -943,6 +957,7 @@ cdef class State:
     # Decoding, making and freeing a state thus costs one ``malloc`` or ``free`` instead of one
     # per ring, map and distinct set, and a fold reads one contiguous stretch of memory.
     cdef char* arena
+    cdef size_t arena_size
 
     def __dealloc__(self):
         cdef int i
@@ -972,6 +987,7 @@ cdef class State:
         if _PREFETCH:
             # The encoding reads every block of the state, usually one that has left the CPU
             # caches (an eviction): ask for all of them before the first is needed.
+            _prefetch_block(self.arena, self.arena_size)
             _prefetch(self.rings, self.nr, 2)
             for i in range(self.nr):
                 r = &self.rings[i]
@@ -1203,6 +1219,7 @@ def decode_state(data) -> State:
     st.arena = <char*>malloc(arena_size)
     if st.arena == NULL:
         raise MemoryError()
+    st.arena_size = arena_size
     st.rings = <Ring*>st.arena
     memset(st.rings, 0, (st.nr or 1) * sizeof(Ring))
     bump = st.arena + _round8(<size_t>(st.nr or 1) * sizeof(Ring))
@@ -1355,6 +1372,7 @@ cdef class GroupKernel:
         st.arena = <char*>malloc(self.arena_bytes)
         if st.arena == NULL:
             raise MemoryError()
+        st.arena_size = self.arena_bytes
         st.rings = <Ring*>st.arena
         memset(st.rings, 0, (self.nr or 1) * sizeof(Ring))
         st.nr = self.nr
@@ -1387,6 +1405,8 @@ cdef class GroupKernel:
         cdef uint64_t hs[MAXF]
         cdef object v
         if _PREFETCH:
+            if _PREFETCH >= 3:
+                _prefetch_block(st.arena, st.arena_size)
             _prefetch(st.rings, st.nr, _PREFETCH)
         if self.last_fields and (st.last is None or len(st.last) != len(self.last_fields)):
             raise FeatureError("feature state has the wrong number of last values")
