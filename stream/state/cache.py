@@ -13,7 +13,9 @@ moved to the back instead, with its flag cleared, within a bounded look-ahead (s
 Other objects (label-index entries, parked labels) leave in insertion order. Every miss costs one
 lookup and one insertion in that dict, and a write of an object that is not cached (a label-index
 entry) one lookup: with millions of cached entities each lookup in it is a cache miss of the CPU,
-so their number per event is what the cache is designed around. :meth:`CachedStore.flush` returns
+so their number per event is what the cache is designed around. A changed feature state is
+known by its ``dirty`` flag, its key appended to a list when the flag goes up (no set of every
+key changed since the last flush to insert into). :meth:`CachedStore.flush` returns
 every key written since the previous flush with its encoded value (``None`` for a delete): exactly
 what a changelog topic needs.
 
@@ -123,9 +125,9 @@ class CachedStore:
             else:
                 self._dirty.add(key)
         else:
-            # The engine's label index takes this path once per event, for a key that is
-            # almost never cached: one lookup. A key left in the dirty set without its object
-            # is skipped by _write_dirty.
+            # A key that is almost never cached (the engine's label index takes put_encoded, the
+            # same without the encode): one lookup. A key left in the dirty set or the touched
+            # list without its object is skipped by _write_dirty.
             if self._live.pop(key, None) is not None:
                 self._dirty.discard(key)
             if type(value) is _State:

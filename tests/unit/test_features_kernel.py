@@ -141,3 +141,44 @@ def test_label_index_entry_round_trips_and_damage_never_crashes(pairs, t, label,
     except FeatureError:
         return
     assert type(t2) is int and all(type(k) is bytes for _, k in pairs2)
+
+
+def test_decoded_and_new_states_outgrow_their_block_and_stay_equal():
+    """A decoded state holds its parts in one block (``State``'s arena) sized to what it holds;
+    folding more into it moves each growing part (distinct sets, buckets, maps) to a block of
+    its own. Entities here go through a two-entry cache, so they are decoded, then folded into
+    several times (new buckets, sets and maps that outgrow the block) before being evicted and
+    encoded again: the features and bytes must equal those of states never encoded."""
+    from stream.state import CachedStore, MemoryBackend
+
+    fs = FeatureSet([Feature("distinct", entity="merchant_id", field="user_id", window="1h"),
+                     Feature("distinct", entity="merchant_id", field="device_id", window="lifetime"),
+                     Feature("sum", entity="merchant_id", field="amount", window="10m"),
+                     Feature("count", entity="user_id", window="5m")],
+                    grace="10m", distinct_capacity=64)
+    live = FeatureEngine(fs)
+    cold_store = CachedStore(MemoryBackend(), capacity=2, batch_size=7)
+    cold = FeatureEngine(fs, cold_store)
+    for i in range(3_000):
+        # Bursts per merchant: a merchant's state, once read back, takes many events in a row.
+        e = _ev(i, i * 1_700 - (i % 11) * 900, user=f"u{(i * 7) % 301}",
+                merchant=f"m{(i // 40) % 5}", amount=0.5 * (i % 17))
+        e["device_id"] = f"d{(i * 13) % 997}"
+        assert live.process(e) == cold.process(e), i
+    cold_store.flush()
+    for key, raw in cold_store.backend.items():
+        if raw[0] == 2:
+            assert encode(live.store.data[key]) == raw
+            assert encode(decode(raw)) == raw
+
+
+def test_a_new_state_outlives_its_engine():
+    """A state's block is its own: it stays whole after the engine and its store are gone."""
+    engine = FeatureEngine(default_feature_set())
+    for i in range(30):
+        engine.process(_ev(i, i * 50_000))
+    states = dict(engine.store.data)
+    raws = {k: encode(v) for k, v in states.items() if not k.startswith(b"\x00")}
+    del engine
+    gc.collect()
+    assert {k: encode(states[k]) for k in raws} == raws

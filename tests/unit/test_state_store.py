@@ -50,8 +50,9 @@ def test_cache_writes_back_in_batches_and_reports_changes(backend):
 
 
 def test_feature_states_evicted_and_read_back_are_written_once_per_change(backend):
-    # An evicted feature state is written by its dirty flag and its key stays in the dirty
-    # set: a flush must neither lose a later change nor write an unchanged state again.
+    # An evicted feature state is written by its dirty flag and its key stays in the list of
+    # touched states: a flush must neither lose a later change nor write an unchanged state
+    # again (nor twice, when the key is listed twice).
     fs = FeatureSet([Feature("count", entity="user_id", window="1h")])
     store = CachedStore(backend, capacity=1, batch_size=100)
     engine = FeatureEngine(fs, store)
@@ -401,3 +402,39 @@ def test_one_eviction_looks_at_a_bounded_number_of_flagged_states(backend):
     assert kept[n - 15:] == [b"k%03d" % i for i in range(12)] + [b"new"]
     assert all(store.stored(b"k%03d" % i) is not None for i in (12, 13, 14))
     assert all(states[i].ref for i in range(15, n)) and not any(states[i].ref for i in range(12))
+
+
+def test_an_encoded_put_is_a_cold_put(backend):
+    # The engine's label-index entry, bytes that are their own encoding, goes through
+    # put_encoded: staged, reported by the next flush, and replacing a cached object.
+    from features._kernel import index_entry
+    store = CachedStore(backend, capacity=10, batch_size=2)
+    raw = index_entry(5, [(0, b"us.x/u1")], None)
+    store.put(b"ix1", [1, "cached"])
+    store.put_encoded(b"ix1", raw)
+    store.put_encoded(b"ix2", raw)          # the batch is full: written
+    assert b"ix1" not in store._live and backend.get(b"ix1") == raw
+    assert store.get(b"ix1") == raw and store.flush() == {b"ix1": raw, b"ix2": raw}
+    assert store.flush() == {}
+
+
+def test_a_state_touched_twice_between_flushes_is_written_once(backend):
+    # Its key is listed twice (touched, evicted and written, read back, touched again): the
+    # flush writes its latest value once; a state put directly is listed when it turns dirty.
+    fs = FeatureSet([Feature("count", entity="user_id", window="1h")])
+    store = CachedStore(backend, capacity=1, batch_size=100)
+    engine = FeatureEngine(fs, store)
+    engine.process({"event_id": "e1", "event_time": 1_000, "user_id": "u1"})
+    store.flush()
+    for i, user in enumerate(("u1", "u2", "u1"), start=2):
+        engine.process({"event_id": f"e{i}", "event_time": 1_000 * i, "user_id": user})
+    keys = [k for k in store._touched if k.endswith(b"/u1")]
+    assert len(keys) == 2
+    changes = store.flush()
+    assert changes[keys[0]] == store.get(keys[0]).encode() and not store._touched
+    roomy = CachedStore(backend, capacity=10, batch_size=100)
+    st = roomy.get(keys[0])
+    roomy.put(keys[0], st)
+    roomy.put(keys[0], st)
+    assert roomy._touched == [keys[0]] and st.dirty
+    assert roomy.flush() == {keys[0]: st.encode()} and not st.dirty
