@@ -1118,21 +1118,29 @@ cdef inline uint32_t _decoded_mapcap(uint32_t cnt) noexcept nogil:
     return <uint32_t>cap
 
 
+cdef uint32_t _skip_counted(const char** pp, const char* end, uint64_t each) except? 0xffffffff:
+    """Read a count (uint32) at ``pp[0]`` and move past it and its ``count * each`` bytes."""
+    cdef uint32_t cnt
+    if end - pp[0] < 4:
+        raise ValueError("truncated feature state")
+    memcpy(&cnt, pp[0], 4)
+    if <uint64_t>(end - pp[0] - 4) < cnt * each:
+        raise ValueError("truncated feature state")
+    pp[0] += 4 + <Py_ssize_t>(cnt * each)
+    return cnt
+
+
 cdef Py_ssize_t _arena_bytes(const char* p, const char* end) except -1:
     """Bytes of the arena :func:`decode_state` carves the state encoded in ``[p, end)`` into
     (it reads the counts only; every length is checked against the bytes left)."""
-    cdef Py_ssize_t size, need
-    cdef uint32_t nb, cnt, lastn
+    cdef uint32_t nb, cnt
     cdef int nr, i, k, nv, nd, lt, width
-    cdef uint64_t p_, total
-    if end - p < 14:
+    cdef uint64_t j, total
+    if end - p < 10:
         raise ValueError("truncated feature state")
     nr = <uint8_t>p[9]
-    memcpy(&lastn, p + 10, 4)
-    p += 14
-    if <uint64_t>(end - p) < lastn:
-        raise ValueError("truncated feature state")
-    p += lastn
+    p += 10
+    _skip_counted(&p, end, 1)                     # the ``last`` values
     total = _round8(<size_t>(nr or 1) * sizeof(Ring))
     for i in range(nr):
         if end - p < 16:
@@ -1141,34 +1149,20 @@ cdef Py_ssize_t _arena_bytes(const char* p, const char* end) except -1:
         width = HEAD + VW * nv
         memcpy(&nb, p + 12, 4)
         p += 16
-        need = nd + <Py_ssize_t>width * 8
-        if end - p < need:
+        if end - p < nd + <Py_ssize_t>width * 8:  # levels, running total
             raise ValueError("truncated feature state")
-        p += need
+        p += nd + <Py_ssize_t>width * 8
         total += _fixed_bytes(nv, nd)
-        for k in range(nd):
-            if end - p < 4:
-                raise ValueError("truncated feature state")
-            memcpy(&cnt, p, 4)
-            p += 4
-            if <uint64_t>(end - p) < <uint64_t>cnt * 12:
-                raise ValueError("truncated feature state")
-            p += <Py_ssize_t>cnt * 12
+        for k in range(nd):                       # maps
+            cnt = _skip_counted(&p, end, 12)
             if cnt:
                 total += _round8(<size_t>_decoded_mapcap(cnt) * (sizeof(uint64_t) + sizeof(uint32_t)))
-        if <uint64_t>(end - p) < <uint64_t>nb * (8 + <uint64_t>width * 8):
+        if <uint64_t>(end - p) < <uint64_t>nb * (8 + <uint64_t>width * 8):  # buckets
             raise ValueError("truncated feature state")
         p += <Py_ssize_t>nb * (8 + width * 8)
         total += <uint64_t>_decoded_capb(nb, lt) * _bucket_bytes(nv, nd)
-        for p_ in range(<uint64_t>nb * nd):
-            if end - p < 4:
-                raise ValueError("truncated feature state")
-            memcpy(&cnt, p, 4)
-            p += 4
-            if <uint64_t>(end - p) < <uint64_t>cnt * 8:
-                raise ValueError("truncated feature state")
-            p += <Py_ssize_t>cnt * 8
-            total += <uint64_t>cnt * 8
+        for j in range(<uint64_t>nb * nd):       # distinct sets
+            total += <uint64_t>_skip_counted(&p, end, 8) * 8
     return <Py_ssize_t>total
 
 
