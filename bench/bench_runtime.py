@@ -474,7 +474,7 @@ def main() -> None:
                     help="latency runs per guarantee (each a fresh worker); medians reported")
     ap.add_argument("--latency-warmup", type=float, default=2.0, metavar="SECONDS",
                     help="leave the events sent in the first SECONDS of each latency run out of "
-                         "its statistics (a fresh broker warming up); all_p99_ms has them")
+                         "its statistics (a fresh worker's first seconds); all_p99_ms has them")
     ap.add_argument("--broker-warmup", type=float, default=240.0, metavar="SECONDS",
                     help="before each guarantee's measured runs, unmeasured latency runs of "
                          f"{WARM_CHUNK_S:g} s at --rate until the broker's JIT compiler threads "

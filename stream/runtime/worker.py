@@ -371,13 +371,8 @@ class Worker(Stoppable):
         # librdkafka's own log lines go through Python logging (and so the configured format).
         self._consumer = Consumer(settings.consumer_config(
             settings.group_id, **{"client.id": client, "logger": _KAFKA_LOG}))
-        self._producer_conf: dict[str, Any] = {"client.id": client, "logger": _KAFKA_LOG}
-        if self.exactly_once and "retry.backoff.ms" not in settings.kafka:
-            # A transaction's AddOffsetsToTxn/AddPartitionsToTxn that meets the previous one's
-            # markers still being written (CONCURRENT_TRANSACTIONS) is retried after this, 100 ms
-            # by default: on the latency path (docs/runtime.md, "Latency"). The Java producer
-            # retries these after 20 ms; librdkafka still backs off exponentially from here.
-            self._producer_conf["retry.backoff.ms"] = 10
+        self._producer_conf: dict[str, Any] = {"client.id": client, "logger": _KAFKA_LOG,
+                                               **producer_defaults(settings)}
         if self.exactly_once:
             self._producer_conf["transactional.id"] = f"{settings.group_id}-{self.instance_id}"
             self._producer_conf["transaction.timeout.ms"] = settings.transaction_timeout_ms
@@ -1597,6 +1592,29 @@ class Worker(Stoppable):
 # error the client raises for them does not carry librdkafka's retriable flag.
 _TRANSIENT = frozenset({_RdKafkaError.NOT_LEADER_FOR_PARTITION, _RdKafkaError.LEADER_NOT_AVAILABLE,
                         _RdKafkaError.UNKNOWN_TOPIC_OR_PART})
+
+
+#: The worker producer's ``linger.ms`` under at-least-once (the SDK's and exactly-once's: 5).
+AT_LEAST_ONCE_LINGER_MS = 2
+
+
+def producer_defaults(settings: Settings) -> dict[str, Any]:
+    """The worker producer's settings that depend on the processing guarantee; a property the
+    operator passes through (``FRAUDSTREAM_KAFKA__...``) wins over each (docs/runtime.md,
+    "Latency")."""
+    given = set(settings.kafka)
+    if settings.processing_guarantee == "exactly_once":
+        # A transaction's AddOffsetsToTxn/AddPartitionsToTxn that meets the previous one's
+        # markers still being written (CONCURRENT_TRANSACTIONS) is retried after this, 100 ms
+        # by default: on the latency path. The Java producer retries these after 20 ms;
+        # librdkafka still backs off exponentially from here.
+        return {} if "retry.backoff.ms" in given else {"retry.backoff.ms": 10}
+    # At-least-once outputs are readable once delivered, so the linger is on the path of every
+    # score and of every forward through a repartition topic. (Under exactly-once a commit's
+    # flush sends what lingers.)
+    if given & {"linger.ms", "queue.buffering.max.ms"}:
+        return {}
+    return {"linger.ms": AT_LEAST_ONCE_LINGER_MS}
 
 
 def _watermarks(consumer: Consumer, tp: TopicPartition, patience: float = 60.0
