@@ -352,9 +352,11 @@ cdef inline size_t _bucket_bytes(int nv, int nd) noexcept nogil:
 
 
 cdef void _ring_setup(Ring* r, int nv, int nd, bint lifetime, char* mem) noexcept nogil:
-    """Initialise an empty ring whose fixed part is ``mem`` (``_fixed_bytes`` long)."""
+    """Initialise an empty ring whose fixed part is ``mem`` (``_fixed_bytes`` long, in its
+    state's arena)."""
     cdef size_t run_bytes, map_bytes
     memset(r, 0, sizeof(Ring))
+    r.flags = RUN_BORROWED
     r.head = -1
     r.nv, r.nd, r.lifetime = nv, nd, lifetime
     r.width = HEAD + VW * nv
@@ -1222,7 +1224,6 @@ def decode_state(data) -> State:
         lt, nv, nd = <uint8_t>q[0], <uint8_t>q[1], <uint8_t>q[2]
         r = &st.rings[i]
         _ring_setup(r, nv, nd, lt, bump)
-        r.flags = RUN_BORROWED
         bump += _fixed_bytes(nv, nd)
         memcpy(&r.head, rd.take(8), 8)
         nb = rd.u32()
@@ -1375,7 +1376,6 @@ cdef class GroupKernel:
             sp = self.specs[i]
             r = &st.rings[i]
             _ring_setup(r, sp.nv, sp.nd, sp.lifetime, bump)
-            r.flags = RUN_BORROWED
             bump += _fixed_bytes(sp.nv, sp.nd)
             if not sp.lifetime:
                 _ring_place(r, bump, 4)

@@ -125,21 +125,16 @@ class CachedStore:
             else:
                 self._dirty.add(key)
         else:
-            # A key that is almost never cached (the engine's label index takes put_encoded, the
-            # same without the encode): one lookup. A key left in the dirty set or the touched
-            # list without its object is skipped by _write_dirty.
-            if self._live.pop(key, None) is not None:
-                self._dirty.discard(key)
             if type(value) is _State:
                 value.dirty = False
-            pending = self._pending
-            pending[key] = self._changes[key] = self._encode(value)
-            if len(pending) >= self.batch_size:
-                self._write_batch()
+            self.put_encoded(key, self._encode(value))
 
     def put_encoded(self, key: bytes, raw: bytes) -> None:
         """``put(key, raw, cache=False)`` for a value that is its own encoding (a label-index
-        entry, ``features.store.encode`` of it is ``raw``): the engine writes one per event."""
+        entry, ``features.store.encode`` of it is ``raw``): the engine writes one per event.
+
+        A key that is almost never cached: one lookup. A key left in the dirty set or the
+        touched list without its object is skipped by ``_write_dirty``."""
         if self._live.pop(key, None) is not None:
             self._dirty.discard(key)
         pending = self._pending
