@@ -45,7 +45,8 @@ def main() -> None:
     a, b = args.levels.split(",")
     rng = random.Random(args.seed)
     tmp = tempfile.mkdtemp(prefix="fs-ab-")
-    store = open_store("rocksdb", str(Path(tmp) / "state"), cache_entries=args.cache_entries)
+    store = open_store("rocksdb", str(Path(tmp) / "state"), cache_entries=args.cache_entries,
+                       changelog=False)
     engine = FeatureEngine(default_feature_set(), store)
     try:
         for e in warmup_events(args.users, args.merchants, rng, 24 * 3_600_000):

@@ -10,6 +10,11 @@ The measured phase reports CPU and wall microseconds per event, cache hit
 rate, and state bytes per entity (encoded values in RocksDB, per entity group, plus the analytic
 worst case per entity for the default set).
 
+It runs with malloc on transparent huge pages, as the worker image does (``Dockerfile``:
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; the benchmark starts itself again with it when it is
+not set); ``--no-huge-pages`` measures without. What the host allows is in
+``/sys/kernel/mm/transparent_hugepage/enabled`` (``madvise`` or ``always``) and in the result.
+
     .venv/bin/python bench/bench_features.py                       # full size: 1M users, 100k merchants
     .venv/bin/python bench/bench_features.py --users 20000 --merchants 2000 --events 50000
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import platform
 import random
 import resource
@@ -41,6 +47,34 @@ from features.store import encode
 from stream.state import RocksOptions, open_store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
+#: The worker image's malloc setting (``Dockerfile``): glibc 2.35+ backs its heap with
+#: transparent huge pages where the host's mode is ``madvise`` or ``always``.
+HUGE_PAGES_TUNABLE = "glibc.malloc.hugetlb=1"
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+
+def huge_pages_on() -> bool:
+    return HUGE_PAGES_TUNABLE in os.environ.get("GLIBC_TUNABLES", "").split(":")
+
+
+def run_with_huge_pages() -> None:
+    """Start this benchmark again with the image's malloc tunable (glibc reads tunables only
+    when a process starts); returns only when it is set already."""
+    if huge_pages_on():
+        return
+    tunables = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t]
+    env = dict(os.environ, GLIBC_TUNABLES=":".join([*tunables, HUGE_PAGES_TUNABLE]))
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def thp_mode() -> str:
+    """The host's transparent huge page mode (the bracketed word), or "unknown"."""
+    try:
+        text = THP_MODE.read_text()
+    except OSError:
+        return "unknown"
+    return text[text.find("[") + 1:text.find("]")] if "[" in text else text.strip()
 
 
 def _event(i: int, t: int, user: int, merchant: int, rng: random.Random) -> dict:
@@ -131,6 +165,9 @@ def main() -> None:
                          "warm-up, higher thresholds); 'off' (gc.disable(): feature state holds "
                          "no reference cycles, so a worker can run without the cyclic collector)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=True,
+                    help="malloc on transparent huge pages, as in the worker image "
+                         "(GLIBC_TUNABLES=%s; default on)" % HUGE_PAGES_TUNABLE.replace("%", "%%"))
     ap.add_argument("--json", action="store_true", help="print the result as JSON only")
     ap.add_argument("--hot", action="store_true",
                     help="only time the engine with every entity hot (one user, merchant, card, "
@@ -139,6 +176,8 @@ def main() -> None:
                     help="as --hot, with the state behind the write-back cache over memory (the "
                          "label-index entry of every event encoded and written)")
     args = ap.parse_args()
+    if args.huge_pages:
+        run_with_huge_pages()
     if args.hot or args.hot_cached:
         gc.disable()
         us = hot_us_per_event(args.events, cached=args.hot_cached)
@@ -153,7 +192,9 @@ def main() -> None:
     if args.backend == "rocksdb" and path is None:
         tmp = tempfile.mkdtemp(prefix="fs-bench-")
         path = str(Path(tmp) / "state")
-    store = open_store(args.backend, path, cache_entries=args.cache_entries,
+    # No changelog, as in ``features compute``: the worker's store keeps one, but flushes it
+    # at every commit, so it stays small; never flushed here, it would grow by every write.
+    store = open_store(args.backend, path, cache_entries=args.cache_entries, changelog=False,
                        options=RocksOptions(row_cache_bytes=args.row_cache_mb << 20,
                                            compression=args.compression,
                                            block_cache_bytes=args.block_cache_mb << 20))
@@ -207,6 +248,7 @@ def main() -> None:
             "rocksdict": getattr(rocksdict, "__version__", _pkg_version("rocksdict")),
             "commit": _git_sha(),
             "cpu": platform.processor() or platform.machine(),
+            "malloc_huge_pages": huge_pages_on(), "thp_mode": thp_mode(),
             "backend": args.backend,
             "users": args.users, "merchants": args.merchants,
             "features": len(engine.names),

@@ -1616,6 +1616,9 @@ cdef class Groups:
     cdef int64_t ttl
     cdef object get, put, touch
     cdef bint live
+    cdef dict objects             # the store's live objects, or None (see __init__)
+    cdef int64_t[:] counts        # the store's hit counter (counts[0]), or None
+    cdef bint counted
     cdef bytes index_prefix
     cdef char* buf                # the label-index entry being built (grows, kept)
     cdef Py_ssize_t cap
@@ -1633,7 +1636,7 @@ cdef class Groups:
 
     def __init__(self, kernels: list, prefixes: list, entities: list, label_idx: list,
                  int64_t ttl_ms, get, put, touch=None, bint live=False,
-                 bytes index_prefix=b""):
+                 bytes index_prefix=b"", dict objects=None, counts=None):
         self.kernels, self.prefixes, self.entities = list(kernels), list(prefixes), list(entities)
         self.n = len(self.kernels)
         free(self.label_idx)
@@ -1653,6 +1656,16 @@ cdef class Groups:
         # changed in place needs neither a put nor a touch.
         self.live = live
         self.index_prefix = index_prefix
+        # ``objects``: the dict in which the store keeps the objects its ``get`` returns (its
+        # cache of live objects), for the loop to look into before it calls ``get``: a
+        # feature state found there is a hit, served without a Python call, with the store's
+        # bookkeeping of a hit done here (``state.ref`` set, ``counts[0]`` incremented). The
+        # store keeps there every object its ``get`` would return for a key. Anything else (a
+        # miss, another kind of object) goes to ``get``.
+        self.objects = objects
+        self.counted = counts is not None
+        if self.counted:
+            self.counts = counts
 
     cdef int _room(self, Py_ssize_t want) except -1:
         cdef char* b
@@ -1679,12 +1692,23 @@ cdef class Groups:
         cdef object st
         cdef GroupKernel g
         cdef Py_ssize_t used = _IX_HEAD, n
+        cdef dict objects = self.objects
+        cdef PyObject* ptr
         for i in range(self.n):
             key = _key(<bytes>self.prefixes[i], <tuple>self.entities[i], vals)
             if key is None:
                 continue
             g = <GroupKernel>self.kernels[i]
-            st = self.get(key)
+            # A cached feature state is a hit served here, as the store's ``get`` would
+            # serve it (see __init__): no Python call.
+            ptr = PyDict_GetItem(objects, key) if objects is not None else NULL
+            if ptr != NULL and type(<object>ptr) is State:
+                st = <object>ptr
+                (<State>st).ref = True
+                if self.counted:
+                    self.counts[0] += 1
+            else:
+                st = self.get(key)
             # A checked cast: a value of another kind under this key is a TypeError, not a crash.
             fresh = st is None or t - (<State?>st).t > self.ttl
             if fresh:

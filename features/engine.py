@@ -170,7 +170,8 @@ class FeatureEngine:
                             [g.index if g.label_rings else None for g in self._groups],
                             self._ttl, self.store.get, self.store.put,
                             getattr(self.store, "touch", None),
-                            getattr(self.store, "live", False) is True, INDEX_PREFIX)
+                            getattr(self.store, "live", False) is True, INDEX_PREFIX,
+                            _objects(self.store), getattr(self.store, "hit_counts", None))
         self._fields = tuple(sorted(fields))
         self._numeric = tuple(sorted({name for g in groups.values() for ring in g.rings
                                       for name in ring[3]}))
@@ -262,6 +263,13 @@ class FeatureEngine:
         self.store.put(ikey, index_entry(event_t, pairs, verdict), cache=False)
         self.stats.labels_applied += 1
         return True
+
+
+def _objects(store: Any) -> dict | None:
+    """The store's dict of live objects (``objects``), when it has one: the engine's loop looks
+    states up there before it calls ``get`` (``features.store.StateStore``)."""
+    objects = getattr(store, "objects", None)
+    return objects if type(objects) is dict else None
 
 
 # ---------------------------------------------------------------------- readers

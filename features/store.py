@@ -61,6 +61,12 @@ class StateStore(Protocol):
     # (``state.dirty = False``) whenever it encodes the state for a write.
     # Optional: ``put_encoded(key, raw)``, the same as ``put(key, raw, cache=False)`` for bytes
     # that are their own encoding (the label-index entry the engine writes with every event).
+    # Optional: ``objects``, the dict holding every object ``get`` would return (keyed as in
+    # ``get``). The engine looks each event's entity keys up there first, all of them before it
+    # folds the event into any (so the memory misses of cold states overlap), and takes a
+    # feature state it finds there as ``get``'s answer without calling it. It then does what
+    # the store's ``get`` does on a hit: sets the state's ``ref`` flag and, when the store has
+    # ``hit_counts`` (an int64 array), adds one to ``hit_counts[0]``.
 
 
 class DictStore:
@@ -72,6 +78,9 @@ class DictStore:
         #: ``get`` hands out the stored objects themselves, so an object changed in place needs
         #: no ``put`` (the engine skips it). False for subclasses that copy or encode.
         self.live = plain
+        #: The dict the engine may look states up in before calling ``get`` (see
+        #: :class:`StateStore`); None for subclasses that copy or encode.
+        self.objects = self.data if plain else None
         if plain:  # the dict's own bound method: no Python frame per lookup
             self.get = self.data.get  # type: ignore[method-assign]
 

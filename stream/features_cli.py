@@ -97,7 +97,9 @@ def compute(events: Iterator[Any], labels: list[Any], fs: FeatureSet,
             out.write(wire.dumps_line(row))
     labels = sorted(labels, key=lambda lab: lab.label_time)  # stable: file order on ties
     final = {lab.event_id: lab.is_fraud for lab in labels} if labels else None
-    store = open_store(backend, state_path, cache_entries=cache_entries)
+    # No changelog: the store is flushed only when it closes, and would keep every value
+    # written over the whole log until then.
+    store = open_store(backend, state_path, cache_entries=cache_entries, changelog=False)
     engine = FeatureEngine(fs, store)
     clash = set(engine.names) & {*_ID_COLUMNS, "is_fraud"}
     if clash:

@@ -30,6 +30,7 @@ commit. :meth:`CachedStore.persist` (and :meth:`CachedStore.close`) write everyt
 
 from __future__ import annotations
 
+from array import array
 from itertools import islice
 from typing import Any, Callable, Protocol
 
@@ -63,11 +64,16 @@ class CachedStore:
     (evictions, cold puts, deletes) buffered before they go to the backend in one batch;
     ``keep`` (less than ``batch_size``) the most recent of them kept buffered across flushes
     and batches (the write-behind window, see the module docstring; 0: none).
+    ``changelog``: whether :meth:`flush` returns the changes since the previous flush (the
+    worker's changelog topic needs them). Without it nothing is recorded, so a store that is
+    never flushed until it closes (an offline run over a whole log) does not keep every value
+    written since it opened.
     """
 
     def __init__(self, backend: Backend, capacity: int = 200_000, batch_size: int = 10_000,
                  encode: Callable[[Any], bytes] = _encode,
-                 decode: Callable[[bytes], Any] = _decode, keep: int = 0) -> None:
+                 decode: Callable[[bytes], Any] = _decode, keep: int = 0,
+                 changelog: bool = True) -> None:
         if capacity < 1 or batch_size < 1:
             raise ValueError("capacity and batch_size must be at least 1")
         if not 0 <= keep < batch_size:
@@ -85,15 +91,27 @@ class CachedStore:
         # table of millions of keys, and the flag says whether the state still needs writing.
         self._touched: list[bytes] = []
         self._pending: dict[bytes, bytes | None] = {}   # encoded, not yet in the backend
-        self._changes: dict[bytes, bytes | None] = {}   # written since the last flush()
-        self.hits = 0
+        # Written since the last flush(); None when the store keeps no changelog.
+        self._changes: dict[bytes, bytes | None] | None = {} if changelog else None
+        self.changelog = changelog
+        #: The cached objects, for the feature engine's loop to look into before it calls
+        #: :meth:`get`: a feature state found there is served as a hit without a call, the
+        #: engine doing what :meth:`get` does for one (its ``ref`` flag set, a hit counted in
+        #: :attr:`hit_counts`). Read only: the store alone adds and removes entries.
+        self.objects = self._live
+        #: ``hit_counts[0]``: hits, counted by :meth:`get` and by the engine's loop.
+        self.hit_counts = array("q", [0])
         self.misses = 0
+
+    @property
+    def hits(self) -> int:
+        return self.hit_counts[0]
 
     # ------------------------------------------------------------------ StateStore
     def get(self, key: bytes) -> Any | None:
         value = self._live.get(key)
         if value is not None:
-            self.hits += 1
+            self.hit_counts[0] += 1
             if type(value) is _State:
                 value.ref = True   # a second chance when eviction reaches it (see _evict)
             return value
@@ -138,7 +156,9 @@ class CachedStore:
         if self._live.pop(key, None) is not None:
             self._dirty.discard(key)
         pending = self._pending
-        pending[key] = self._changes[key] = raw
+        pending[key] = raw
+        if self._changes is not None:
+            self._changes[key] = raw
         if len(pending) >= self.batch_size:
             self._write_batch()
 
@@ -196,14 +216,18 @@ class CachedStore:
                         dirty.remove(key)
                     else:
                         continue
-                pending[key] = changes[key] = encode(value)
+                pending[key] = raw = encode(value)
+                if changes is not None:
+                    changes[key] = raw
                 if len(pending) >= batch:
                     self._write_batch()
                     pending = self._pending
             second_chance = False
 
     def _stage(self, key: bytes, raw: bytes | None) -> None:
-        self._pending[key] = self._changes[key] = raw
+        self._pending[key] = raw
+        if self._changes is not None:
+            self._changes[key] = raw
         if len(self._pending) >= self.batch_size:
             self._write_batch()
 
@@ -237,7 +261,8 @@ class CachedStore:
             self.backend.write(entries)
 
     def flush(self) -> dict[bytes, bytes | None]:
-        """Write every dirty object; return all changes since the last flush (for a changelog).
+        """Write every dirty object; return all changes since the last flush (for a changelog;
+        an empty dict when the store keeps none).
 
         With a write-behind window (``keep``) the writes may stay buffered in memory (see the
         module docstring); :meth:`persist` puts everything in the backend.
@@ -249,6 +274,8 @@ class CachedStore:
         else:
             self._write_pending()
         changes = self._changes
+        if changes is None:
+            return {}
         self._changes = {}
         return changes
 
@@ -299,7 +326,9 @@ class CachedStore:
             # eviction since, then read back unchanged, or listed twice.
             if type(value) is _State and value.dirty:
                 value.dirty = False
-                pending[key] = changes[key] = value.encode() if native else encode(value)
+                pending[key] = raw = value.encode() if native else encode(value)
+                if changes is not None:
+                    changes[key] = raw
         self._touched.clear()
         for key in self._dirty:
             value = live.get(key)
@@ -312,7 +341,9 @@ class CachedStore:
                 raw = value.encode() if native else encode(value)
             else:
                 raw = encode(value)
-            pending[key] = changes[key] = raw
+            pending[key] = raw
+            if changes is not None:
+                changes[key] = raw
         self._dirty.clear()
 
     def drop_cache(self) -> None:

@@ -21,12 +21,13 @@ def partition_path(state_dir: str | os.PathLike[str], topic: str, partition: int
 
 def open_store(backend: str = "rocksdb", path: str | os.PathLike[str] | None = None, *,
                options: RocksOptions = RocksOptions(), cache_entries: int = 200_000,
-               batch_size: int = 10_000, keep: int = 0) -> CachedStore:
+               batch_size: int = 10_000, keep: int = 0, changelog: bool = True) -> CachedStore:
     """Open one partition's state behind a write-back cache.
 
     ``backend="rocksdb"`` needs ``path`` (see :func:`partition_path`); every open, new or
     existing, goes through ``options``. ``backend="memory"`` ignores ``path``. ``batch_size``
-    and ``keep`` (the write-behind window): see :class:`CachedStore`.
+    and ``keep`` (the write-behind window), ``changelog`` (whether ``flush`` returns the
+    changes since the previous one): see :class:`CachedStore`.
     """
     if backend == "rocksdb":
         if path is None:
@@ -36,4 +37,5 @@ def open_store(backend: str = "rocksdb", path: str | os.PathLike[str] | None = N
         store = MemoryBackend()
     else:
         raise ValueError(f"unknown state backend {backend!r} (expected one of {BACKENDS})")
-    return CachedStore(store, capacity=cache_entries, batch_size=batch_size, keep=keep)
+    return CachedStore(store, capacity=cache_entries, batch_size=batch_size, keep=keep,
+                       changelog=changelog)

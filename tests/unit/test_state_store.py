@@ -438,3 +438,55 @@ def test_a_state_touched_twice_between_flushes_is_written_once(backend):
     roomy.put(keys[0], st)
     assert roomy._touched == [keys[0]] and st.dirty
     assert roomy.flush() == {keys[0]: st.encode()} and not st.dirty
+
+
+def test_store_without_changelog_records_nothing_and_loses_nothing(backend):
+    # ``features compute`` flushes only when it closes: a changelog would keep every value
+    # written over the whole log. Without one, flush returns nothing and still writes all.
+    fs = FeatureSet([Feature("count", entity="user_id", window="1h"),
+                     Feature("fraud_count", entity="user_id", window="1h")])
+    store = CachedStore(backend, capacity=2, batch_size=3, changelog=False)
+    engine = FeatureEngine(fs, store)
+    for i in range(20):
+        engine.process({"event_id": f"e{i}", "event_time": 1_000 * (i + 1),
+                        "user_id": f"u{i % 5}"})
+    assert store._changes is None and store.flush() == {}
+    reference = FeatureEngine(fs)
+    for i in range(20):
+        reference.process({"event_id": f"e{i}", "event_time": 1_000 * (i + 1),
+                           "user_id": f"u{i % 5}"})
+    assert {k: encode(v) for k, v in store.items()} == \
+        {k: encode(v) for k, v in reference.store.data.items()}
+    assert store.flush() == {}
+
+
+def test_engine_serves_cached_states_itself_as_get_would(backend):
+    # The engine's loop looks states up in the store's ``objects`` and serves a hit without
+    # calling ``get``: the same bookkeeping (hit counted, ``ref`` flag set), the same features.
+    fs = FeatureSet([Feature("count", entity="user_id", window="1h"),
+                     Feature("distinct", entity="card_id", field="user_id", window="1h")])
+
+    class Counted(CachedStore):
+        calls = 0
+
+        def get(self, key):
+            self.calls += 1
+            return super().get(key)
+
+    class Plain(Counted):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.objects = None   # no look-up by the engine: every state through get()
+
+    fast = Counted(backend, capacity=100, batch_size=1000)
+    assert fast.objects is fast._live
+    slow = Plain(MemoryBackend(), capacity=100, batch_size=1000)
+    engines = FeatureEngine(fs, fast), FeatureEngine(fs, slow)
+    for i in range(30):
+        event = {"event_id": f"e{i}", "event_time": 1_000 * i, "user_id": f"u{i % 3}",
+                 "card_id": f"c{i % 4}"}
+        assert engines[0].process(event) == engines[1].process(event)
+    assert (fast.hits, fast.misses) == (slow.hits, slow.misses) == (53, 7)  # 3 users, 4 cards
+    assert (fast.calls, slow.calls) == (7, 60)
+    assert all(st.ref for st in fast._live.values())
+    assert fast.flush() == slow.flush()
