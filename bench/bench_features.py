@@ -8,7 +8,11 @@ about 93 % of the hot users' states are cached before the clock starts (until 20
 a fifth of ``--events``, which left a third of them to be loaded from RocksDB while measured).
 The measured phase reports CPU and wall microseconds per event, cache hit
 rate, and state bytes per entity (encoded values in RocksDB, per entity group, plus the analytic
-worst case per entity for the default set).
+worst case per entity for the default set). Before the clock starts it waits for RocksDB's
+background compaction of the warm-up's million entities to end (``compaction_wait_s``); the
+measured events' own flushes and compactions are counted. The store is set up as the worker's
+(no write-ahead log: ``--wal`` for one), without a changelog (the worker's is flushed at every
+commit and stays small; never flushed here, it would hold every value written).
 
 It runs with malloc on transparent huge pages, as the worker image does (``Dockerfile``:
 ``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``; the benchmark starts itself again with it when it is
@@ -127,6 +131,25 @@ def worst_case_bytes(engine: FeatureEngine, id_len: int = 16) -> dict[str, int]:
     return out
 
 
+def settle(backend, timeout_s: float) -> float | None:
+    """Wait until the backend's background flushes and compactions are over (two polls in a
+    row), at most ``timeout_s``; return the seconds waited (None for a backend without)."""
+    work = getattr(backend, "background_work", None)
+    if work is None or timeout_s <= 0:
+        return None
+    t0 = time.perf_counter()
+    idle = 0
+    while idle < 2 and time.perf_counter() - t0 < timeout_s:
+        idle = idle + 1 if work() == 0 else 0
+        if idle < 2:
+            time.sleep(0.5)
+    waited = time.perf_counter() - t0
+    if idle < 2:
+        print(f"warning: RocksDB still busy after {waited:.0f} s; measuring anyway",
+              file=sys.stderr)
+    return round(waited, 1)
+
+
 def hot_us_per_event(n: int, cached: bool = False) -> float:
     """``cached``: the state behind the worker's write-back cache over memory instead of a dict,
     so each event's label-index entry is encoded and written (every entity still hot)."""
@@ -159,12 +182,18 @@ def main() -> None:
     ap.add_argument("--block-cache-mb", type=int, default=RocksOptions().block_cache_bytes >> 20,
                     help="RocksDB block cache, MiB")
     ap.add_argument("--backend", choices=("rocksdb", "memory"), default="rocksdb")
+    ap.add_argument("--wal", action=argparse.BooleanOptionalAction, default=False,
+                    help="RocksDB write-ahead log (default off, as in the worker's stores: "
+                         "their changelog topic is the durable copy)")
     ap.add_argument("--path", default=None, help="RocksDB directory (default: a temp dir)")
     ap.add_argument("--gc", choices=("default", "frozen", "off"), default="off",
                     help="cyclic GC during the run: 'default'; 'frozen' (gc.freeze() after "
                          "warm-up, higher thresholds); 'off' (gc.disable(): feature state holds "
                          "no reference cycles, so a worker can run without the cyclic collector)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--settle-timeout", type=float, default=600.0,
+                    help="seconds to wait at most, before the clock starts, for RocksDB's "
+                         "background flushes and compactions of the warm-up to end (0: none)")
     ap.add_argument("--huge-pages", action=argparse.BooleanOptionalAction, default=True,
                     help="malloc on transparent huge pages, as in the worker image "
                          "(GLIBC_TUNABLES=%s; default on)" % HUGE_PAGES_TUNABLE.replace("%", "%%"))
@@ -195,7 +224,8 @@ def main() -> None:
     # No changelog, as in ``features compute``: the worker's store keeps one, but flushes it
     # at every commit, so it stays small; never flushed here, it would grow by every write.
     store = open_store(args.backend, path, cache_entries=args.cache_entries, changelog=False,
-                       options=RocksOptions(row_cache_bytes=args.row_cache_mb << 20,
+                       options=RocksOptions(disable_wal=not args.wal,
+                                           row_cache_bytes=args.row_cache_mb << 20,
                                            compression=args.compression,
                                            block_cache_bytes=args.block_cache_mb << 20))
     engine = FeatureEngine(default_feature_set(), store)
@@ -212,6 +242,10 @@ def main() -> None:
         # Warm the write-back cache with the first ``split``, measure the rest.
         for e in events[:split]:
             engine.process(e)
+        # The warm-up loaded a million entities at once; RocksDB compacts them for a minute or
+        # so after, on its own threads, and that CPU is no measured event's (the measured
+        # events' own flushes and compactions are counted).
+        settle_s = settle(store.backend, args.settle_timeout)
         if args.gc == "frozen":
             gc.collect()
             gc.freeze()
@@ -253,6 +287,7 @@ def main() -> None:
             "users": args.users, "merchants": args.merchants,
             "features": len(engine.names),
             "warmup_events": args.users, "warmup_s": round(warm_s, 1),
+            "compaction_wait_s": settle_s,
             "cache_warm_events": split, "measured_events": len(measured), "gc": args.gc,
             "cpu_us_per_event_median": round(statistics.median(cpu_us), 1),
             "wall_us_per_event_median": round(statistics.median(wall_us), 1),
@@ -262,6 +297,7 @@ def main() -> None:
             "flush_s": round(flush_s, 2),
             "cache_entries": args.cache_entries, "row_cache_mb": args.row_cache_mb,
             "compression": args.compression, "block_cache_mb": args.block_cache_mb,
+            "wal": args.wal,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10,
             "cache_hit_rate": round(hits / max(1, hits + misses), 3),
             "entities": {k: len(v) for k, v in sizes.items()},

@@ -167,6 +167,15 @@ class RocksBackend:
             mem = self._db.property_int_value("rocksdb.cur-size-all-mem-tables") or 0
         return sst + mem
 
+    def background_work(self) -> int:
+        """Flushes and compactions running or waiting (0: RocksDB is idle in the background)."""
+        with translate(f"stats {self.path}"):
+            prop = self._db.property_int_value
+            return ((prop("rocksdb.num-running-flushes") or 0)
+                    + (prop("rocksdb.num-running-compactions") or 0)
+                    + (prop("rocksdb.mem-table-flush-pending") or 0)
+                    + (prop("rocksdb.compaction-pending") or 0))
+
     def entry_count(self) -> int:
         """Keys in the store, as RocksDB estimates them (exact only after compaction)."""
         with translate(f"stats {self.path}"):
