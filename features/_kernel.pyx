@@ -1742,6 +1742,78 @@ cdef class Groups:
         return ikey, PyBytes_FromStringAndSize(self.buf, used)
 
 
+cdef enum:
+    _EV_HOUR = 0
+    _EV_WEEKDAY = 1
+    _EV_WEEKEND = 2
+    _EV_NIGHT = 3
+    _EV_VALUE = 4
+
+cdef dict _EV_CODES = {"hour_of_day": _EV_HOUR, "day_of_week": _EV_WEEKDAY,
+                       "is_weekend": _EV_WEEKEND, "is_night": _EV_NIGHT, "value": _EV_VALUE}
+
+
+cdef class EventReaders:
+    """The features read from the event alone (calendar features in UTC, and ``value``), written
+    into the feature dict without a Python call each.
+
+    ``readers``: ``(name, aggregation, field)`` in output order; ``field`` for ``value`` only.
+
+    >>> out = {}
+    >>> EventReaders([("h", "hour_of_day", None), ("w", "is_weekend", None),
+    ...               ("v", "value", "amount")]).fill({"event_time": -1, "amount": 2}, out)
+    >>> out
+    {'h': 23, 'w': 0, 'v': 2.0}
+    """
+    cdef list names, fields
+    cdef int* codes
+    cdef int n
+
+    def __cinit__(self):
+        self.codes = NULL
+
+    def __dealloc__(self):
+        free(self.codes)
+
+    def __init__(self, readers: list):
+        self.n = len(readers)
+        self.names = [name for name, _, _ in readers]
+        self.fields = [field for _, _, field in readers]
+        self.codes = <int*>malloc(max(self.n, 1) * sizeof(int))
+        if self.codes == NULL:
+            raise MemoryError()
+        for i, (_, agg, _) in enumerate(readers):
+            if agg not in _EV_CODES:
+                raise FeatureConfigError(f"{agg!r} is not read from the event alone")
+            self.codes[i] = _EV_CODES[agg]
+
+    def fill(self, dict vals, dict out) -> None:
+        """Write each feature of ``vals`` (an :func:`extract` result: ``event_time`` an int)
+        into ``out``."""
+        cdef int i, code
+        cdef int64_t t = vals["event_time"]
+        cdef int64_t hour = _fdiv(t, 3_600_000) % 24, day = (_fdiv(t, 86_400_000) + 3) % 7
+        cdef PyObject* ptr
+        if hour < 0:   # a C remainder of a negative number (Python's % is never negative)
+            hour += 24
+        if day < 0:    # 1970-01-01 was a Thursday: Monday is 0
+            day += 7
+        for i in range(self.n):
+            code = self.codes[i]
+            if code == _EV_HOUR:
+                PyDict_SetItem(out, self.names[i], hour)
+            elif code == _EV_WEEKDAY:
+                PyDict_SetItem(out, self.names[i], day)
+            elif code == _EV_WEEKEND:
+                PyDict_SetItem(out, self.names[i], 1 if day >= 5 else 0)
+            elif code == _EV_NIGHT:
+                PyDict_SetItem(out, self.names[i], 1 if hour < 6 else 0)
+            else:
+                ptr = PyDict_GetItem(vals, self.fields[i])
+                PyDict_SetItem(out, self.names[i],
+                               0.0 if ptr == NULL or <object>ptr is None else float(<object>ptr))
+
+
 def extract(dict event, tuple fields, tuple numeric, tuple keyed):
     """The engine's view of a dict event: ``{field: value or None}`` for ``fields``, a field
     missing at top level read from ``event["attributes"]``; numeric fields must be int or float,

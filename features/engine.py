@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 from features.definitions import (EVENT_AGGREGATIONS, LABEL_AGGREGATIONS, VALUE_AGGREGATIONS,
                                   Feature, FeatureSet)
 from features.exceptions import FeatureError
-from features._kernel import GroupKernel, Groups, decode_index, index_entry
+from features._kernel import EventReaders, GroupKernel, Groups, decode_index, index_entry
 from features._kernel import extract as _extract
 from features.store import DictStore, StateStore
 
@@ -37,9 +37,6 @@ __all__ = ["FeatureEngine", "EngineStats", "INDEX_PREFIX"]
 #: its label). The value is stored as bytes (``features._kernel.index_entry``, format 3), built
 #: by the compiled loop; entries written before (format 1: ``[t, pairs, label]``) are still read.
 INDEX_PREFIX = b"\x00ix/"
-_DAY_MS = 86_400_000
-_HOUR_MS = 3_600_000
-Reader = Callable[[list, list, dict], Any]
 
 
 @dataclass
@@ -99,7 +96,7 @@ class FeatureEngine:
         self._grace = feature_set.grace_ms
         self._ttl = feature_set.ttl_ms
         self._groups: list[_Group] = []
-        self._event_readers: list[tuple[str, Reader]] = []
+        self._event_features: list[tuple[str, str, str | None]] = []
         self._template: dict[str, Any] = {}
         self._fields: tuple[str, ...] = ()
         self._compile(feature_set)
@@ -115,7 +112,7 @@ class FeatureEngine:
         for f in fs.features:
             self._template[f.name] = _default(f)
             if f.agg in EVENT_AGGREGATIONS:
-                self._event_readers.append((f.name, _event_reader(f)))
+                self._event_features.append((f.name, f.agg, f.field))
                 continue
             gkey = (f.entity, tuple(sorted(f.event_types)))
             g = groups.get(gkey)
@@ -172,6 +169,7 @@ class FeatureEngine:
                             getattr(self.store, "touch", None),
                             getattr(self.store, "live", False) is True, INDEX_PREFIX,
                             _objects(self.store), getattr(self.store, "hit_counts", None))
+        self._fill_event_features = EventReaders(self._event_features).fill
         self._fields = tuple(sorted(fields))
         self._numeric = tuple(sorted({name for g in groups.values() for ring in g.rings
                                       for name in ring[3]}))
@@ -202,8 +200,7 @@ class FeatureEngine:
         if t > self.watermark:
             self.watermark = t
         out = dict(self._template)
-        for name, read in self._event_readers:
-            out[name] = read(None, None, vals)
+        self._fill_event_features(vals, out)
         loop = self._loop
         entry = loop.process(vals, t, out, self._labels)
         if loop.late:
@@ -272,7 +269,7 @@ def _objects(store: Any) -> dict | None:
     return objects if type(objects) is dict else None
 
 
-# ---------------------------------------------------------------------- readers
+# ---------------------------------------------------------------------- defaults
 def _default(f: Feature) -> Any:
     if f.agg in ("count", "distinct", "fraud_count"):
         return 0
@@ -281,21 +278,3 @@ def _default(f: Feature) -> Any:
     if f.agg == "last":
         return None
     return 0.0
-
-
-def _event_reader(f: Feature) -> Reader:
-    agg = f.agg
-    if agg == "hour_of_day":
-        return lambda row, lv, vals: (vals["event_time"] // _HOUR_MS) % 24
-    if agg == "day_of_week":  # Monday = 0; 1970-01-01 was a Thursday
-        return lambda row, lv, vals: (vals["event_time"] // _DAY_MS + 3) % 7
-    if agg == "is_weekend":
-        return lambda row, lv, vals: int((vals["event_time"] // _DAY_MS + 3) % 7 >= 5)
-    if agg == "is_night":  # 00:00-05:59 UTC
-        return lambda row, lv, vals: int((vals["event_time"] // _HOUR_MS) % 24 < 6)
-    name = f.field
-
-    def value(row: list, lv: list, vals: dict) -> float:
-        v = vals[name]
-        return float(v) if v is not None else 0.0
-    return value

@@ -91,6 +91,11 @@ def _shared_row_cache(size: int) -> rocksdict.Cache:
     return rocksdict.Cache(size)
 
 
+#: Properties whose sum says whether RocksDB has background work (running or pending).
+_BACKGROUND = ("rocksdb.num-running-flushes", "rocksdb.num-running-compactions",
+               "rocksdb.mem-table-flush-pending", "rocksdb.compaction-pending")
+
+
 def _compression(name: str) -> rocksdict.DBCompressionType:
     try:
         return getattr(rocksdict.DBCompressionType, {"none": "none", "lz4": "lz4",
@@ -170,11 +175,10 @@ class RocksBackend:
     def background_work(self) -> int:
         """Flushes and compactions running or waiting (0: RocksDB is idle in the background)."""
         with translate(f"stats {self.path}"):
-            prop = self._db.property_int_value
-            return ((prop("rocksdb.num-running-flushes") or 0)
-                    + (prop("rocksdb.num-running-compactions") or 0)
-                    + (prop("rocksdb.mem-table-flush-pending") or 0)
-                    + (prop("rocksdb.compaction-pending") or 0))
+            values = [self._db.property_int_value(name) for name in _BACKGROUND]
+        if None in values:  # a property this RocksDB does not know
+            raise RuntimeError(f"RocksDB does not report {_BACKGROUND[values.index(None)]}")
+        return sum(values)
 
     def entry_count(self) -> int:
         """Keys in the store, as RocksDB estimates them (exact only after compaction)."""

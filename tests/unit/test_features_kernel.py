@@ -235,3 +235,26 @@ def test_state_stored_by_the_previous_version_reads_back_the_same():
             "user_distinct_merchant_lifetime": 4, "user_last_merchant": "m0"}
     assert stored.process(event(9, "m7", 2.0)) == live.process(event(9, "m7", 2.0)) == want
     assert encode(stored.store.data[key]) == encode(live.store.data[key])
+
+
+@given(st.integers(-(2 ** 62), 2 ** 62), st.one_of(st.none(), st.integers(-10 ** 6, 10 ** 6),
+                                                  st.floats(allow_nan=False), st.booleans()))
+def test_event_readers_match_python_calendar_arithmetic(t, value):
+    # UTC calendar features of epoch ms, before 1970 too (floor division, Monday = 0).
+    from features._kernel import EventReaders
+    out = {}
+    EventReaders([("v", "value", "amount"), ("night", "is_night", None),
+                  ("dow", "day_of_week", None), ("hour", "hour_of_day", None),
+                  ("weekend", "is_weekend", None)]).fill({"event_time": t, "amount": value}, out)
+    hour, dow = (t // H) % 24, (t // (24 * H) + 3) % 7
+    assert out == {"v": 0.0 if value is None else float(value), "night": int(hour < 6),
+                   "dow": dow, "hour": hour, "weekend": int(dow >= 5)}
+    assert list(out) == ["v", "night", "dow", "hour", "weekend"]
+    assert all(type(out[k]) is int for k in ("night", "dow", "hour", "weekend"))
+
+
+def test_event_readers_take_only_event_aggregations():
+    from features._kernel import EventReaders
+    from features.exceptions import FeatureConfigError
+    with pytest.raises(FeatureConfigError, match="'count' is not read from the event"):
+        EventReaders([("c", "count", None)])
