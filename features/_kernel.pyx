@@ -33,7 +33,7 @@ from libc.string cimport memcpy, memmove, memset
 from libc.math cimport sqrt, INFINITY, NAN, isnan
 from libc.stdint cimport uint64_t, int64_t, uint32_t, uint16_t, uint8_t, int32_t
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_Next, PyDict_DelItem
 from cpython.ref cimport PyObject
 from cpython.exc cimport PyErr_NoMemory
 from marshal import dumps as _mdumps, loads as _mloads
@@ -1740,6 +1740,74 @@ cdef class Groups:
             return None
         _put_head(self.buf, t, _IX_NONE)
         return ikey, PyBytes_FromStringAndSize(self.buf, used)
+
+
+def clock_evict(dict live, Py_ssize_t count, set dirty, dict pending, dict changes,
+                Py_ssize_t batch, encode, bint native, write_batch) -> None:
+    """Remove ``count`` objects from the front of ``live`` (insertion order), a feature state
+    whose ``ref`` flag is set going to the back instead with its flag cleared, among the first
+    four times ``count`` looked at; what is left to remove then goes from the front in order,
+    flagged or not. A removed feature state whose ``dirty`` flag is set (flag cleared), or
+    another object whose key is in ``dirty`` (key removed), is encoded into ``pending`` (and
+    ``changes`` unless None); whenever ``pending`` holds ``batch`` entries ``write_batch()`` is
+    called and returns the buffer to go on with. ``native``: encode a feature state by its own
+    ``encode`` (what ``features.store.encode`` does) rather than by calling ``encode``.
+
+    ``stream.state.CachedStore``'s eviction (the policy is described there), compiled: the
+    objects about to be looked at are asked for a few entries ahead, and each removed one is
+    freed as it leaves, while its memory is still in the CPU's caches."""
+    cdef bint second_chance = True
+    cdef Py_ssize_t look, n, i, pos
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef PyObject* ahead
+    cdef list keys, values
+    cdef object key, value, raw
+    while count > 0 and live:
+        look = 4 * count if second_chance else count
+        keys, values = [], []
+        pos = n = 0
+        while n < look and PyDict_Next(live, &pos, &k, &v):
+            keys.append(<object>k)
+            values.append(<object>v)
+            n += 1
+        for i in range(n):
+            if count == 0:
+                break
+            if i + 8 < n:
+                ahead = <PyObject*>values[i + 8]
+                __builtin_prefetch(ahead)
+                __builtin_prefetch(<PyObject*>keys[i + 8])
+            if i + 4 < n:
+                ahead = <PyObject*>values[i + 4]
+                if type(<object>ahead) is State and (<State>ahead).arena != NULL:
+                    __builtin_prefetch((<State>ahead).arena - 16)   # malloc's header, for free
+            key = keys[i]
+            value = values[i]
+            PyDict_DelItem(live, key)
+            keys[i] = values[i] = None   # freed here once it is not kept
+            if type(value) is State:
+                if (<State>value).ref and second_chance:  # used since cached or last passed
+                    (<State>value).ref = False
+                    PyDict_SetItem(live, key, value)
+                    continue
+                count -= 1
+                if not (<State>value).dirty:
+                    continue
+                (<State>value).dirty = False
+                raw = (<State>value).encode() if native else encode(value)
+            else:
+                count -= 1
+                if key not in dirty:
+                    continue
+                dirty.discard(key)
+                raw = encode(value)
+            PyDict_SetItem(pending, key, raw)
+            if changes is not None:
+                PyDict_SetItem(changes, key, raw)
+            if len(pending) >= batch:
+                pending = write_batch()
+        second_chance = False
 
 
 cdef enum:

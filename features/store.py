@@ -62,11 +62,11 @@ class StateStore(Protocol):
     # Optional: ``put_encoded(key, raw)``, the same as ``put(key, raw, cache=False)`` for bytes
     # that are their own encoding (the label-index entry the engine writes with every event).
     # Optional: ``objects``, the dict holding every object ``get`` would return (keyed as in
-    # ``get``). The engine looks each event's entity keys up there first, all of them before it
-    # folds the event into any (so the memory misses of cold states overlap), and takes a
-    # feature state it finds there as ``get``'s answer without calling it. It then does what
-    # the store's ``get`` does on a hit: sets the state's ``ref`` flag and, when the store has
-    # ``hit_counts`` (an int64 array), adds one to ``hit_counts[0]``.
+    # ``get``). The engine looks each entity key up there first and takes a feature state it
+    # finds as ``get``'s answer without calling it (a miss, or another kind of object, goes to
+    # ``get``). It then does what the store's ``get`` does on a hit: sets the state's ``ref``
+    # flag and, when the store has ``hit_counts`` (an int64 array), adds one to
+    # ``hit_counts[0]``.
 
 
 class DictStore:

@@ -35,6 +35,7 @@ from itertools import islice
 from typing import Any, Callable, Protocol
 
 from features._kernel import State as _State
+from features._kernel import clock_evict as _clock_evict
 from features.store import decode as _decode
 from features.store import encode as _encode
 from features.store import entry_time
@@ -93,7 +94,6 @@ class CachedStore:
         self._pending: dict[bytes, bytes | None] = {}   # encoded, not yet in the backend
         # Written since the last flush(); None when the store keeps no changelog.
         self._changes: dict[bytes, bytes | None] | None = {} if changelog else None
-        self.changelog = changelog
         #: The cached objects, for the feature engine's loop to look into before it calls
         #: :meth:`get`: a feature state found there is served as a hit without a call, the
         #: engine doing what :meth:`get` does for one (its ``ref`` flag set, a hit counted in
@@ -105,6 +105,7 @@ class CachedStore:
 
     @property
     def hits(self) -> int:
+        """Lookups answered from the cache (by :meth:`get` or the engine's loop)."""
         return self.hit_counts[0]
 
     # ------------------------------------------------------------------ StateStore
@@ -182,47 +183,26 @@ class CachedStore:
         """Make room for one more object. Called before the object goes in, so the object a
         ``get`` returns is never evicted by that same call: the engine changes it next and
         touches its key, which must find it cached."""
-        live, dirty, encode = self._live, self._dirty, self._encode
+        live = self._live
         # Evict in chunks of 1/64 of the capacity so eviction cost is amortised.
         count = max(len(live) + 1 - self.capacity, self.capacity // 64, 1)
-        pending, changes, batch = self._pending, self._changes, self.batch_size
         # The first pass looks at up to four times the count, moving flagged states to the back
         # (flag cleared); what it leaves to evict, the next pass takes from the front in order,
         # flagged or not. So one call does bounded work even when nearly every cached state is
         # flagged (the first time a cache fills, after a long run of hits): a whole trip round
         # millions of entries would stall the loop for a good part of a second.
-        second_chance = True
-        while count > 0 and live:
-            for key in list(islice(live, 4 * count if second_chance else count)):
-                if count == 0:
-                    break
-                value = live.pop(key)
-                if type(value) is _State:
-                    if value.ref and second_chance:  # used since cached or last passed
-                        value.ref = False
-                        live[key] = value
-                        continue
-                    count -= 1
-                    # Encoding clears a feature state's dirty flag: the engine touches it (once)
-                    # again when it next changes it (the same in _write_dirty and put). A
-                    # feature state tells by its flag whether it changed since it was last
-                    # written, so its key stays in the touched list (_write_dirty skips it).
-                    if not value.dirty:
-                        continue
-                    value.dirty = False
-                else:
-                    count -= 1
-                    if key in dirty:  # staged inline: this loop is per entity
-                        dirty.remove(key)
-                    else:
-                        continue
-                pending[key] = raw = encode(value)
-                if changes is not None:
-                    changes[key] = raw
-                if len(pending) >= batch:
-                    self._write_batch()
-                    pending = self._pending
-            second_chance = False
+        # Encoding clears a feature state's dirty flag: the engine touches it (once) again when
+        # it next changes it (the same in _write_dirty and put). A feature state tells by its
+        # flag whether it changed since it was last written, so its key stays in the touched
+        # list (_write_dirty skips it). Other objects are known dirty by the dirty set.
+        _clock_evict(live, count, self._dirty, self._pending, self._changes, self.batch_size,
+                     self._encode, self._encode is _encode, self._next_pending)
+
+    def _next_pending(self) -> dict[bytes, bytes | None]:
+        """The pending buffer reached the batch size during an eviction: write (some of) it,
+        and return the buffer to go on with."""
+        self._write_batch()
+        return self._pending
 
     def _stage(self, key: bytes, raw: bytes | None) -> None:
         self._pending[key] = raw

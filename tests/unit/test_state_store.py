@@ -6,6 +6,8 @@ import dataclasses
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import rocksdict
 
 from features.definitions import Feature, FeatureSet
@@ -508,3 +510,80 @@ def test_engine_serves_cached_states_itself_as_get_would(backend):
     assert (fast.calls, slow.calls) == (7, 60)
     assert all(st.ref for st in fast._live.values())
     assert fast.flush() == slow.flush()
+
+
+def _reference_evict(live, count, dirty, pending, batch, written):
+    """CachedStore's eviction as it was written in Python before it was compiled
+    (``features._kernel.clock_evict``): the reference the compiled one must match."""
+    from itertools import islice
+    from features._kernel import State
+    second_chance = True
+    while count > 0 and live:
+        for key in list(islice(live, 4 * count if second_chance else count)):
+            if count == 0:
+                break
+            value = live.pop(key)
+            if type(value) is State:
+                if value.ref and second_chance:
+                    value.ref = False
+                    live[key] = value
+                    continue
+                count -= 1
+                if not value.dirty:
+                    continue
+                value.dirty = False
+            else:
+                count -= 1
+                if key in dirty:
+                    dirty.remove(key)
+                else:
+                    continue
+            pending[key] = encode(value)
+            if len(pending) >= batch:
+                written.append(dict(pending))
+                pending.clear()
+        second_chance = False
+
+
+@given(st.lists(st.tuples(st.sampled_from(["state", "list"]), st.booleans(), st.booleans()),
+                min_size=1, max_size=40),
+       st.integers(1, 60), st.integers(1, 8))
+@settings(max_examples=300, deadline=None)
+def test_compiled_eviction_matches_the_python_one(entries, count, batch):
+    # Any mix of feature states (ref and dirty flags) and other objects (dirty or not), any
+    # count (more than there are entries too), any batch size: the same entries evicted in the
+    # same order, the same flags left, the same writes in the same batches.
+    from features._kernel import clock_evict
+    base = _states(len(entries))
+
+    def build():
+        live, dirty = {}, set()
+        for i, (kind, ref, dirty_flag) in enumerate(entries):
+            key = b"k%02d" % i
+            if kind == "state":
+                value = decode(base[i].encode())
+                value.ref, value.dirty = ref, dirty_flag
+            else:
+                value = [i, "x"]
+                if dirty_flag:
+                    dirty.add(key)
+            live[key] = value
+        return live, dirty
+
+    live_a, dirty_a = build()
+    written_a, pending_a = [], {}
+    _reference_evict(live_a, count, dirty_a, pending_a, batch, written_a)
+    live_b, dirty_b = build()
+    written_b, pending_b = [], {}
+
+    def write_batch():
+        written_b.append(dict(pending_b))
+        pending_b.clear()
+        return pending_b
+
+    clock_evict(live_b, count, dirty_b, pending_b, None, batch, encode, True, write_batch)
+    assert list(live_a) == list(live_b) and dirty_a == dirty_b
+    assert written_a == written_b and pending_a == pending_b
+    flags = lambda live: [(v.ref, v.dirty) if not isinstance(v, list) else v
+                          for v in live.values()]
+    assert flags(live_a) == flags(live_b)
