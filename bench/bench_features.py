@@ -28,6 +28,7 @@ Not part of the test suite. Figures go to ``docs/benchmarks.md``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import gc
 import json
 import os
@@ -48,6 +49,7 @@ import rocksdict
 from features.default import default_feature_set
 from features.engine import INDEX_PREFIX, FeatureEngine
 from features.store import encode
+from stream.runtime.worker import TASK_ROCKS
 from stream.state import RocksOptions, open_store
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -183,8 +185,9 @@ def main() -> None:
                     help="RocksDB block cache, MiB")
     ap.add_argument("--backend", choices=("rocksdb", "memory"), default="rocksdb")
     ap.add_argument("--wal", action=argparse.BooleanOptionalAction, default=False,
-                    help="RocksDB write-ahead log (default off, as in the worker's stores: "
-                         "their changelog topic is the durable copy)")
+                    help="RocksDB write-ahead log (default off: the store has the worker's "
+                         "options, stream.runtime.worker.TASK_ROCKS; its changelog topic is "
+                         "the durable copy)")
     ap.add_argument("--path", default=None, help="RocksDB directory (default: a temp dir)")
     ap.add_argument("--gc", choices=("default", "frozen", "off"), default="off",
                     help="cyclic GC during the run: 'default'; 'frozen' (gc.freeze() after "
@@ -224,10 +227,10 @@ def main() -> None:
     # No changelog, as in ``features compute``: the worker's store keeps one, but flushes it
     # at every commit, so it stays small; never flushed here, it would grow by every write.
     store = open_store(args.backend, path, cache_entries=args.cache_entries, changelog=False,
-                       options=RocksOptions(disable_wal=not args.wal,
-                                           row_cache_bytes=args.row_cache_mb << 20,
-                                           compression=args.compression,
-                                           block_cache_bytes=args.block_cache_mb << 20))
+                       options=replace(TASK_ROCKS, disable_wal=not args.wal,
+                                       row_cache_bytes=args.row_cache_mb << 20,
+                                       compression=args.compression,
+                                       block_cache_bytes=args.block_cache_mb << 20))
     engine = FeatureEngine(default_feature_set(), store)
     try:
         warm_span = 24 * 3_600_000

@@ -1168,6 +1168,18 @@ cdef Py_ssize_t _arena_bytes(const char* p, const char* end) except -1:
     return <Py_ssize_t>total
 
 
+cdef char* _arena_start(State st, size_t size) except NULL:
+    """Give ``st`` (``st.nr`` set) its arena of ``size`` bytes, the rings zeroed at its start;
+    return where the rest of the arena begins."""
+    st.arena = <char*>malloc(size)
+    if st.arena == NULL:
+        raise MemoryError()
+    st.arena_size = size
+    st.rings = <Ring*>st.arena
+    memset(st.rings, 0, (st.nr or 1) * sizeof(Ring))
+    return st.arena + _round8(<size_t>(st.nr or 1) * sizeof(Ring))
+
+
 def decode_state(data) -> State:
     """Inverse of :meth:`State.encode` (``data``: bytes or a buffer)."""
     cdef const unsigned char[:] view
@@ -1212,13 +1224,7 @@ def decode_state(data) -> State:
             raise ValueError(f"corrupt last values: {exc}") from None
     else:
         st.last = None
-    st.arena = <char*>malloc(arena_size)
-    if st.arena == NULL:
-        raise MemoryError()
-    st.arena_size = arena_size
-    st.rings = <Ring*>st.arena
-    memset(st.rings, 0, (st.nr or 1) * sizeof(Ring))
-    bump = st.arena + _round8(<size_t>(st.nr or 1) * sizeof(Ring))
+    bump = _arena_start(st, arena_size)
     for i in range(st.nr):
         q = rd.take(4)
         lt, nv, nd = <uint8_t>q[0], <uint8_t>q[1], <uint8_t>q[2]
@@ -1364,14 +1370,8 @@ cdef class GroupKernel:
         st.t = -1
         st.last = [None] * len(self.last_fields) if self.last_fields else None
         # One block: the rings, their fixed parts and room for 4 buckets each (windowed rings).
-        st.arena = <char*>malloc(self.arena_bytes)
-        if st.arena == NULL:
-            raise MemoryError()
-        st.arena_size = self.arena_bytes
-        st.rings = <Ring*>st.arena
-        memset(st.rings, 0, (self.nr or 1) * sizeof(Ring))
         st.nr = self.nr
-        bump = st.arena + _round8(<size_t>(self.nr or 1) * sizeof(Ring))
+        bump = _arena_start(st, self.arena_bytes)
         for i in range(self.nr):
             sp = self.specs[i]
             r = &st.rings[i]

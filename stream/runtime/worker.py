@@ -188,7 +188,8 @@ class _InFlight:
 _EVENT, _FEATURES, _VALUES, _LABEL, _APPENDED = "e", "f", "v", "l", "t"
 # State key prefix of labels waiting for their event (see Worker._apply_label).
 _PARKED = b"\x00pl/"
-_TASK_ROCKS = RocksOptions(disable_wal=True)
+#: The RocksDB options of a task's store (``bench/bench_features.py`` measures with them too).
+TASK_ROCKS = RocksOptions(disable_wal=True)
 # A task's store keeps its latest _WRITE_BEHIND encoded writes in memory across commits and
 # writes the oldest _WRITE_CHUNK at a time (stream.state.cache): a hot entity's state, changed
 # in every commit, reaches RocksDB about once per window instead of once per commit (half the
@@ -1237,7 +1238,7 @@ class Worker(Stoppable):
                            keep=_WRITE_BEHIND,
                            cache_entries=self.settings.state_cache_entries,
                            options=replace(
-                               _TASK_ROCKS,
+                               TASK_ROCKS,
                                row_cache_bytes=self.settings.state_row_cache_mb << 20))
         legacy: set[bytes] = set()
         restored = self._restore(restorer, store, stage, partition, start or 0, legacy)
